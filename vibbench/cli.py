@@ -1,0 +1,93 @@
+"""The `vibbench` command line: run, list, data."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import VibbenchError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import DEVICES, PROFILES
+    from .data import DATASETS
+
+    parser = argparse.ArgumentParser(prog="vibbench", description="Benchmark suite for Variational Information Bottleneck classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train the registry under one config and write results/")
+    run.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)} (default: quick)")
+    run.add_argument("--models", nargs="+", metavar="PATTERN", help="shell-style patterns, optionally NAME:beta=1e-2 (default: the profile's)")
+    run.add_argument("--seeds", type=_positive_int, metavar="N", help="train seeds 0..N-1 (default: the profile's)")
+    run.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} (default: mnist)")
+    run.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (default: auto)")
+    run.add_argument("--epochs", type=_positive_int, help="override the profile's number of epochs")
+    run.add_argument("--out", type=Path, help="output folder (default: results/<run id>)")
+    run.add_argument("--cache-dir", type=Path, help="checkpoints and job results (default: $VIBBENCH_CACHE_DIR or ~/.cache/vibbench)")
+    run.add_argument("--data-dir", type=Path, help="datasets (default: $VIBBENCH_DATA_DIR or ~/.cache/vibbench/data)")
+    run.add_argument("--retrain", action="store_true", help="ignore and replace cached jobs of this config")
+
+    lst = sub.add_parser("list", help="print the model registry")
+    lst.add_argument("patterns", nargs="*", metavar="PATTERN")
+
+    data = sub.add_parser("data", help="fetch, verify and cache datasets")
+    data.add_argument("names", nargs="*", metavar="DATASET", help=f"default: mnist; any of {', '.join(DATASETS)}")
+    data.add_argument("--data-dir", type=Path)
+    return parser
+
+
+def cmd_run(args) -> None:
+    from .config import make_run_config
+    from .runner import run
+
+    cfg = make_run_config(args.profile, models=args.models, seeds=args.seeds, dataset=args.dataset, device=args.device, epochs=args.epochs)
+    out = run(cfg, out_dir=args.out, cache_dir=args.cache_dir, data_dir=args.data_dir, retrain=args.retrain)
+    print(out)
+
+
+def cmd_list(args) -> None:
+    from .registry import create_model, list_models
+
+    names = list_models(args.patterns or None)
+    if args.patterns and not names:
+        raise VibbenchError(f"no model matches {' '.join(args.patterns)}; `vibbench list` shows them all")
+    print(f"{'model':28} {'backbone':9} {'method':19} {'stochastic':10} hyperparameters")
+    for name in names:
+        m = create_model(name)
+        hp = ", ".join(f"{k}={v:g}" for k, v in m.method.hyperparameters.items() if v)
+        print(f"{name:28} {m.backbone_name:9} {m.method.name:19} {str(m.stochastic):10} {hp or '-'}")
+
+
+def cmd_data(args) -> None:
+    from .data import prepare_dataset
+
+    for name in args.names or ["mnist"]:
+        print(f"{name}: {prepare_dataset(name, args.data_dir)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        {"run": cmd_run, "list": cmd_list, "data": cmd_data}[args.command](args)
+    except VibbenchError as exc:
+        print(f"vibbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nvibbench: interrupted. Finished models and the last epoch checkpoint are kept; rerun the same command to resume.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

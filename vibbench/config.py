@@ -1,0 +1,242 @@
+"""The frozen configuration of a run: one training config shared by every model, and profiles.
+
+Identical settings are structural: a run holds ONE `TrainConfig`; every model of a seed is
+trained with it and sees the same batches in the same order. The hash of a config names the
+run and every cached job, so changing any field retrains exactly what it affects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from .errors import VibbenchError
+from .registry import ARCHITECTURE_OPTIONS, create_model, list_models, unknown_name_message
+from .methods import HYPERPARAMETERS
+
+CACHE_FORMAT = 1
+"""Bumped whenever training or evaluation changes meaning, so old cache entries are not reused."""
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def stable_hash(obj) -> str:
+    """SHA-256 of the canonical JSON of `obj` (sorted keys, no whitespace)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The paper's protocol (Alemi et al. 2017; the authors' vib_demo), one object for all models."""
+
+    dataset: str = "mnist"
+    epochs: int = 200
+    batch_size: int = 100  # examples per step
+    lr: float = 1e-4  # Adam learning rate at epoch 0
+    adam_betas: tuple[float, float] = (0.5, 0.999)
+    lr_decay: float = 0.97  # multiplied into the lr ...
+    lr_decay_every: int = 2  # ... every this many epochs (staircase)
+    ema_decay: float = 0.999  # Polyak averaging of the weights used for evaluation
+    train_samples: int = 1  # draws of z per training step
+    eval_samples: int = 12  # draws of z averaged by the stochastic predictor
+    max_train_examples: int | None = None  # first N training images only (smoke tests)
+    max_eval_examples: int | None = None  # first N validation / test images only
+    eval_batch_size: int = 1000  # chunk size for evaluation; bounds memory, not results
+
+    def __post_init__(self):
+        from .data import DATASETS
+
+        if self.dataset not in DATASETS:
+            raise VibbenchError(unknown_name_message("dataset", self.dataset, DATASETS))
+        positive_ints = ("epochs", "batch_size", "lr_decay_every", "train_samples", "eval_samples", "eval_batch_size")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise VibbenchError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("max_train_examples", "max_eval_examples"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise VibbenchError(f"{name} must be a positive integer or null, got {value!r}")
+        if not (isinstance(self.lr, float | int) and 0 < self.lr < 1):
+            raise VibbenchError(f"lr must be in (0, 1), got {self.lr!r}")
+        if not (0 < self.lr_decay <= 1):
+            raise VibbenchError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
+        if not (0 <= self.ema_decay < 1):
+            raise VibbenchError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        betas = tuple(self.adam_betas)
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise VibbenchError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
+        object.__setattr__(self, "adam_betas", (float(betas[0]), float(betas[1])))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registry name plus overrides, e.g. mlp_vib with beta=1e-2. Text form: `mlp_vib:beta=1e-2`."""
+
+    name: str
+    overrides: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def label(self) -> str:
+        if not self.overrides:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={v:g}" for k, v in self.overrides)
+
+    def build(self):
+        return create_model(self.name, **dict(self.overrides))
+
+    def resolved(self) -> dict:
+        """Everything that determines the model: the method's hyperparameters and the architecture."""
+        return dict(_resolve(self))
+
+
+@functools.cache
+def _resolve(spec: ModelSpec) -> tuple:
+    model = spec.build()
+    return tuple(
+        {
+            "name": spec.name,
+            "method": model.method.name,
+            "backbone": model.backbone_name,
+            **model.method.hyperparameters,
+            **{k: getattr(model, k) for k in ARCHITECTURE_OPTIONS},
+        }.items()
+    )
+
+
+def parse_model_specs(patterns: list[str] | tuple[str, ...]) -> tuple[ModelSpec, ...]:
+    """Expand `PATTERN[:key=value,...]` entries into model specs, in order, without duplicates."""
+    specs: list[ModelSpec] = []
+    for entry in patterns:
+        pattern, _, opts = entry.partition(":")
+        names = list_models(pattern)
+        if not names:
+            raise VibbenchError(unknown_name_message("model or pattern", pattern, list_models()) + " (see `vibbench list`)")
+        overrides = []
+        for item in filter(None, opts.split(",")):
+            key, eq, value = item.partition("=")
+            if not eq or key not in HYPERPARAMETERS:
+                raise VibbenchError(
+                    f"bad model option {item!r} in {entry!r}: write NAME:key=value with key one of {', '.join(HYPERPARAMETERS)}"
+                )
+            try:
+                overrides.append((key, float(value)))
+            except ValueError:
+                raise VibbenchError(f"bad value {value!r} for {key} in {entry!r}: expected a number") from None
+        for name in names:
+            spec = ModelSpec(name, tuple(sorted(overrides)))
+            spec.build()  # validates overrides (e.g. beta < 0, beta on a non-VIB model)
+            if spec not in specs:
+                specs.append(spec)
+    return tuple(specs)
+
+
+@dataclass(frozen=True)
+class Profile:
+    train: TrainConfig
+    models: tuple[str, ...]
+    seeds: int
+    description: str
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        TrainConfig(epochs=1, max_train_examples=1000, max_eval_examples=500, eval_batch_size=500),
+        ("mlp_*",),
+        1,
+        "seconds: 1 epoch on 1000 images, for tests",
+    ),
+    "quick": Profile(
+        TrainConfig(epochs=10),
+        ("mlp_*",),
+        1,
+        "the default: all MNIST-MLP methods, 10 epochs on the full training split, 1 seed (about 15 min on 2 CPU cores)",
+    ),
+    "paper": Profile(
+        TrainConfig(epochs=200),
+        ("mlp_*",),
+        3,
+        "the paper's protocol: 200 epochs, 3 seeds; meant for a GPU",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What `vibbench run` does: one training config, the models, the seeds, the device."""
+
+    profile: str
+    train: TrainConfig
+    models: tuple[ModelSpec, ...]
+    seeds: tuple[int, ...]
+    device: str = "cpu"  # resolved: "cpu" or "cuda"
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def to_dict(self) -> dict:
+        return {
+            "profile": self.profile,
+            "train": self.train.to_dict(),
+            "models": [s.resolved() | {"label": s.label} for s in self.models],
+            "seeds": list(self.seeds),
+            "device": self.device,
+            "cache_format": CACHE_FORMAT,
+        }
+
+    @property
+    def config_hash(self) -> str:
+        return stable_hash(self.to_dict())
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.profile}-{self.train.dataset}-{self.config_hash[:10]}"
+
+    def job_hash(self, spec: ModelSpec, seed: int) -> str:
+        """Names one trained model: the training config, the model, the seed, the device type."""
+        return stable_hash(
+            {"train": self.train.to_dict(), "model": spec.resolved(), "seed": seed, "device": self.device, "cache_format": CACHE_FORMAT}
+        )
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device not in DEVICES:
+        raise VibbenchError(unknown_name_message("device", device, DEVICES))
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise VibbenchError("--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
+    return device
+
+
+def make_run_config(
+    profile: str = "quick",
+    *,
+    models: list[str] | None = None,
+    seeds: int | None = None,
+    dataset: str | None = None,
+    device: str = "auto",
+    epochs: int | None = None,
+) -> RunConfig:
+    """Resolve a profile plus command-line overrides (None means: the profile's value)."""
+    if profile not in PROFILES:
+        raise VibbenchError(unknown_name_message("profile", profile, tuple(PROFILES)))
+    prof = PROFILES[profile]
+    if seeds is not None and (not isinstance(seeds, int) or seeds < 1):
+        raise VibbenchError(f"--seeds must be a positive integer, got {seeds!r}")
+    changes = {k: v for k, v in {"dataset": dataset, "epochs": epochs}.items() if v is not None}
+    train = dataclasses.replace(prof.train, **changes)
+    return RunConfig(
+        profile=profile,
+        train=train,
+        models=parse_model_specs(models or prof.models),
+        seeds=tuple(range(seeds or prof.seeds)),
+        device=resolve_device(device),
+    )

@@ -1,0 +1,84 @@
+"""Result files: the tidy metrics.csv (one row per measurement) and the summary.md tables.
+
+Values in data files are floats (accuracy as a fraction); rounding, percent and +- only in
+rendered Markdown.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .atomic import atomic_write_text
+from .errors import VibbenchError
+from .stats import mean_ci95
+
+COLUMNS = ("run_id", "model", "label", "method", "backbone", "beta", "seed", "dataset", "split", "eval_mode", "metric", "value")
+
+
+def write_metrics(rows: list[dict], path: Path) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    atomic_write_text(path, df.to_csv(index=False, float_format="%.10g"))
+    return df
+
+
+def read_metrics(run_dir: Path) -> pd.DataFrame:
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        raise VibbenchError(f"{run_dir} has no metrics.csv: point to a folder written by `vibbench run`")
+    df = pd.read_csv(path)
+    missing = set(COLUMNS) - set(df.columns)
+    if missing:
+        raise VibbenchError(f"{path} lacks the columns {', '.join(sorted(missing))}; it was not written by vibbench")
+    return df
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _cell(values: list[float], scale: float = 100.0, digits: int = 2, suffix: str = "%") -> str:
+    values = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return "—"
+    mean, half = mean_ci95(values)
+    if math.isnan(half):
+        return f"{mean * scale:.{digits}f}{suffix}"
+    return f"{mean * scale:.{digits}f} ± {half * scale:.{digits}f}{suffix}"
+
+
+def summary_markdown(df: pd.DataFrame, title: str = "") -> str:
+    """One table per dataset, one row per model; cells are mean ± 95% t-interval over seeds."""
+    lines = [f"# {title}" if title else "# Summary", ""]
+    lines.append(
+        "Test error of the model's predictor (the 12-sample average of softmax probabilities for VIB), "
+        "of the mean mode (z = mu), and validation error; rate = E[KL(q(z|x) || N(0, I))] in bits (an upper bound "
+        "on I(Z;X)). With several seeds a cell reads mean ± half-width of the 95% t-interval."
+    )
+    for dataset, ddf in df.groupby("dataset", sort=False):
+        lines += ["", f"## {dataset}", ""]
+        header = ["model", "beta", "seeds", "test error", "test error (mean mode)", "val error", "rate (bits)", "train time (s)"]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        for label, mdf in ddf.groupby("label", sort=False):
+
+            def vals(split, mode, metric):
+                sel = mdf[(mdf.split == split) & (mdf.eval_mode == mode) & (mdf.metric == metric)]
+                return sel.sort_values("seed").value.tolist()
+
+            beta = mdf.beta.iloc[0]
+            row = [
+                f"`{label}`",
+                f"{beta:g}" if beta > 0 else "—",
+                str(mdf.seed.nunique()),
+                _cell(vals("test", "predictor", "error")),
+                _cell(vals("test", "mean", "error")),
+                _cell(vals("val", "predictor", "error")),
+                _cell(vals("test", "predictor", "rate_bits"), scale=1.0, digits=1, suffix=""),
+                _cell(vals("train", "training", "seconds"), scale=1.0, digits=0, suffix=""),
+            ]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,218 @@
+"""`vibbench run`: train every (model, seed) of a run config, evaluate it, write results.
+
+Each (model, seed) is a job named by its hash (`RunConfig.job_hash`) with its own folder in
+the cache: `train_state.pt` while training (resumable), then `model.pt` (the EMA weights) and
+`result.json` (its metrics). A finished job is never trained again; a run that shares jobs
+with an earlier one reuses them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .atomic import atomic_write_bytes, atomic_write_text
+from .checkpoints import load_checkpoint, save_checkpoint
+from .config import ModelSpec, RunConfig
+from .data import Dataset, Split, load_dataset
+from .errors import VibbenchError
+from .evaluate import clean_metrics
+from .progress import log
+from .provenance import provenance
+from .results import summary_markdown, write_json, write_metrics
+from .train import train_model
+
+RESULT_FORMAT = "vibbench-job-1"
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("VIBBENCH_CACHE_DIR"):
+        return Path(os.environ["VIBBENCH_CACHE_DIR"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "vibbench"
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Fail before any training if `folder` cannot take a file (read-only, missing permissions, disk full)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        atomic_write_bytes(probe, b"\0" * 65536)
+        probe.unlink()
+    except OSError as exc:
+        raise VibbenchError(f"cannot write to the {what} {folder}: {exc.strerror or exc}. Choose another folder or free space.") from None
+
+
+@dataclass
+class DeviceData:
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+
+
+def _head(split: Split, n: int | None, device: str) -> Split:
+    images, labels = (split.images, split.labels) if n is None else (split.images[:n], split.labels[:n])
+    return Split(images.to(device), labels.to(device))
+
+
+def device_data(data: Dataset, cfg: RunConfig) -> DeviceData:
+    """The run's splits, moved to the device once (batches are slices, no DataLoader)."""
+    t = cfg.train
+    return DeviceData(
+        _head(data.train, t.max_train_examples, cfg.device),
+        _head(data.val, t.max_eval_examples, cfg.device),
+        _head(data.test, t.max_eval_examples, cfg.device),
+        data.num_classes,
+    )
+
+
+def job_dir(cache_dir: Path, job_hash: str) -> Path:
+    return cache_dir / "jobs" / job_hash[:32]
+
+
+def build_model(spec: ModelSpec, seed: int, cfg: RunConfig, num_classes: int):
+    """The model of (spec, seed): same seed and architecture -> same initial weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = spec.build()
+    if model.num_classes != num_classes:
+        raise VibbenchError(f"{spec.label} predicts {model.num_classes} classes but {cfg.train.dataset} has {num_classes}")
+    model.eval_samples = cfg.train.eval_samples
+    model.train_samples = cfg.train.train_samples
+    return model.to(cfg.device)
+
+
+def load_trained(cfg: RunConfig, spec: ModelSpec, seed: int, cache_dir: Path, num_classes: int = 10):
+    """The trained (EMA) model of a finished job, verified against its config."""
+    h = cfg.job_hash(spec, seed)
+    path = job_dir(cache_dir, h) / "model.pt"
+    if not path.exists():
+        raise VibbenchError(f"{spec.label} (seed {seed}) has not been trained in {cache_dir}; run `vibbench run` first")
+    model = build_model(spec, seed, cfg, num_classes)
+    model.load_state_dict(load_checkpoint(path, h, map_location=cfg.device))
+    return model.eval()
+
+
+def _read_result(path: Path, job_hash: str) -> dict | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("format") != RESULT_FORMAT or record.get("job_hash") != job_hash:
+        raise VibbenchError(f"{path} does not match its config (job {job_hash[:12]}); delete its folder or rerun with --retrain")
+    return record
+
+
+def run_job(cfg: RunConfig, spec: ModelSpec, seed: int, data: DeviceData, cache_dir: Path, retrain: bool = False) -> dict:
+    """Train and evaluate one (model, seed), or return its cached result."""
+    h = cfg.job_hash(spec, seed)
+    folder = job_dir(cache_dir, h)
+    label = f"{spec.label} seed {seed}"
+    result_path, model_path, state_path = folder / "result.json", folder / "model.pt", folder / "train_state.pt"
+    if retrain and folder.exists():
+        shutil.rmtree(folder)
+    if result_path.exists() and model_path.exists():
+        record = _read_result(result_path, h)
+        if record is not None:
+            load_checkpoint(model_path, h)  # refuse a cache entry whose weights do not verify
+            log(f"{label}: cached ({folder})")
+            return record
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "job.json", {"job_hash": h, "model": spec.resolved(), "seed": seed, "train": cfg.train.to_dict(), "device": cfg.device})
+    model = build_model(spec, seed, cfg, data.num_classes)
+    trained = train_model(
+        model, data.train.images, data.train.labels, cfg.train, seed=seed, label=label, checkpoint_path=state_path, config_hash=h
+    )
+    save_checkpoint(model_path, model.state_dict(), h)
+    t0 = time.perf_counter()
+    metrics = {
+        split: clean_metrics(model, s.images, s.labels, batch_size=cfg.train.eval_batch_size, seed=seed)
+        for split, s in (("val", data.val), ("test", data.test))
+    }
+    record = {
+        "format": RESULT_FORMAT,
+        "job_hash": h,
+        "label": spec.label,
+        "seed": seed,
+        "history": trained.history,
+        "train_seconds": trained.seconds,
+        "eval_seconds": time.perf_counter() - t0,
+        "metrics": [{"split": s, "eval_mode": m, "metric": k, "value": v} for s, d in metrics.items() for (m, k), v in d.items()],
+    }
+    write_json(result_path, record)
+    state_path.unlink(missing_ok=True)
+    test_err = metrics["test"][("predictor", "error")]
+    log(f"{label}: trained in {trained.seconds:.0f} s, test error {100 * test_err:.2f}%")
+    return record
+
+
+def metric_rows(cfg: RunConfig, spec: ModelSpec, record: dict) -> list[dict]:
+    model = spec.resolved()
+    base = {
+        "run_id": cfg.run_id,
+        "model": spec.name,
+        "label": spec.label,
+        "method": model["method"],
+        "backbone": model["backbone"],
+        "beta": model["beta"],
+        "seed": record["seed"],
+        "dataset": cfg.train.dataset,
+    }
+    rows = [base | m for m in record["metrics"]]
+    last = record["history"][-1]
+    training = {
+        "loss": last["loss"],
+        "ce": last["ce"],
+        "kl": last["kl"],
+        "seconds": record["train_seconds"],
+        "examples_per_second": sum(h["examples_per_second"] for h in record["history"]) / len(record["history"]),
+    }
+    rows += [base | {"split": "train", "eval_mode": "training", "metric": k, "value": v} for k, v in training.items()]
+    return rows
+
+
+def run(cfg: RunConfig, out_dir: Path | None = None, cache_dir: Path | None = None, data_dir: Path | None = None, retrain: bool = False) -> Path:
+    """Train and evaluate the run's models and write metrics.csv, summary.md, config.json, provenance.json."""
+    started = time.perf_counter()
+    out_dir = Path(out_dir) if out_dir is not None else Path("results") / cfg.run_id
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    check_writable(out_dir, "output folder")
+    check_writable(cache_dir, "cache folder")
+    dataset = load_dataset(cfg.train.dataset, data_dir)
+    data = device_data(dataset, cfg)
+    log(
+        f"run {cfg.run_id}: {len(cfg.models)} model(s) x {len(cfg.seeds)} seed(s) on {cfg.train.dataset} "
+        f"({data.train.labels.shape[0]} training images, {cfg.train.epochs} epoch(s), device {cfg.device})"
+    )
+    rows = []
+    for seed in cfg.seeds:
+        for spec in cfg.models:
+            rows += metric_rows(cfg, spec, run_job(cfg, spec, seed, data, cache_dir, retrain))
+    df = write_metrics(rows, out_dir / "metrics.csv")
+    write_json(out_dir / "config.json", cfg.to_dict() | {"run_id": cfg.run_id, "config_hash": cfg.config_hash})
+    atomic_write_text(out_dir / "summary.md", summary_markdown(df, title=f"vibbench run {cfg.run_id}"))
+    write_json(
+        out_dir / "provenance.json",
+        provenance(
+            config_hash=cfg.config_hash,
+            run_id=cfg.run_id,
+            seeds=cfg.seeds,
+            device=cfg.device,
+            extra={
+                "profile": cfg.profile,
+                "wall_seconds": time.perf_counter() - started,
+                "dataset": {"name": dataset.name, "source": dataset.source, "sha256": dataset.sha256},
+                "training_path": "eager, one model at a time",
+                "job_hashes": {f"{s.label} seed {seed}": cfg.job_hash(s, seed) for seed in cfg.seeds for s in cfg.models},
+            },
+        ),
+    )
+    log(f"wrote {out_dir} in {time.perf_counter() - started:.0f} s")
+    return out_dir

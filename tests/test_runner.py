@@ -1,0 +1,124 @@
+"""`vibbench run` end to end on synthetic data: files, cache hit and miss, bad input."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from vibbench.checkpoints import save_checkpoint
+from vibbench.cli import main
+from vibbench.config import make_run_config
+from vibbench.results import COLUMNS
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    return tmp_path / "out", tmp_path / "cache"
+
+
+def run_cli(*args):
+    return main(["run", "--profile", "smoke", "--dataset", "synthetic", *args])
+
+
+def test_smoke_run_writes_results_and_reuses_the_cache(dirs, capsys, monkeypatch):
+    out, cache = dirs
+    models = ["mlp_deterministic", "mlp_vib"]
+    assert run_cli("--models", *models, "--out", str(out), "--cache-dir", str(cache)) == 0
+    df = pd.read_csv(out / "metrics.csv")
+    assert tuple(df.columns) == COLUMNS
+    assert set(df.model) == set(models)
+    test_err = df[(df.split == "test") & (df.eval_mode == "predictor") & (df.metric == "error")]
+    assert len(test_err) == 2 and test_err.value.between(0, 1).all()
+    acc = df[(df.metric == "accuracy")].set_index(["model", "split", "eval_mode"]).value
+    err = df[(df.metric == "error")].set_index(["model", "split", "eval_mode"]).value
+    pd.testing.assert_series_equal(acc + err, acc * 0 + 1, check_names=False)
+    assert set(df[df.model == "mlp_vib"].metric) >= {"rate_bits", "izy_bits"}
+    summary = (out / "summary.md").read_text()
+    assert "| `mlp_vib` | 0.001 |" in summary
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["epochs"] == 1 and config["train"]["lr"] == 1e-4 and config["train"]["adam_betas"] == [0.5, 0.999]
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["config_hash"] == config["config_hash"] and prov["versions"]["torch"] == torch.__version__.split("+")[0]
+    assert prov["seeds"] == [0] and prov["dataset"]["name"] == "synthetic"
+
+    # a second run of the same config trains nothing: any training would fail
+    import vibbench.runner as runner
+
+    class Trained(Exception):
+        pass
+
+    def no_training(*a, **k):
+        raise Trained
+
+    monkeypatch.setattr(runner, "train_model", no_training)
+    capsys.readouterr()
+    assert run_cli("--models", *models, "--out", str(out), "--cache-dir", str(cache)) == 0
+    assert capsys.readouterr().err.count("cached") == 2
+    pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv"), df)
+
+    # a changed config is a different job: it must train (and so hits the trap)
+    with pytest.raises(Trained):
+        run_cli("--models", "mlp_vib:beta=1e-2", "--out", str(out), "--cache-dir", str(cache))
+
+
+def test_changed_config_changes_the_hash():
+    a = make_run_config("smoke", dataset="synthetic", models=["mlp_vib"], device="cpu")
+    b = make_run_config("smoke", dataset="synthetic", models=["mlp_vib"], device="cpu", epochs=2)
+    c = make_run_config("smoke", dataset="synthetic", models=["mlp_vib:beta=1e-2"], device="cpu")
+    spec_a, spec_c = a.models[0], c.models[0]
+    assert a.config_hash != b.config_hash != c.config_hash
+    assert a.job_hash(spec_a, 0) != b.job_hash(b.models[0], 0)
+    assert a.job_hash(spec_a, 0) != c.job_hash(spec_c, 0)
+    assert a.job_hash(spec_a, 0) != a.job_hash(spec_a, 1)
+    assert a.job_hash(spec_a, 0) == make_run_config("smoke", dataset="synthetic", models=["mlp_*"], device="cpu").job_hash(spec_a, 0)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--models", "mlp_vbi"], "unknown model or pattern 'mlp_vbi'. Did you mean mlp_vib"),
+        (["--dataset", "cifar"], "unknown dataset 'cifar'"),
+        (["--profile", "fast"], "unknown profile 'fast'"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--models", "mlp_vib:beta=-1"], "beta must be >= 0"),
+        (["--models", "mlp_vib:beta=abc"], "bad value 'abc' for beta"),
+        (["--models", "mlp_dropout:beta=1e-3"], "beta only applies to VIB"),
+    ],
+)
+def test_bad_input_gets_one_clear_message_and_writes_nothing(args, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["run", "--profile", "smoke", "--dataset", "synthetic", "--out", str(out), "--cache-dir", str(tmp_path / "c")]
+    # later options override the defaults above
+    assert main(argv + args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_checkpoint_that_does_not_match_its_config_is_refused(dirs, capsys):
+    out, cache = dirs
+    assert run_cli("--models", "mlp_vib", "--out", str(out), "--cache-dir", str(cache)) == 0
+    (model_file,) = cache.glob("jobs/*/model.pt")
+    save_checkpoint(model_file, {"weights": torch.zeros(1)}, config_hash="some-other-config")
+    capsys.readouterr()
+    assert run_cli("--models", "mlp_vib", "--out", str(out), "--cache-dir", str(cache)) == 2
+    assert "does not match its config" in capsys.readouterr().err
+    model_file.write_bytes(model_file.read_bytes()[:1000])  # truncated
+    assert run_cli("--models", "mlp_vib", "--out", str(out), "--cache-dir", str(cache)) == 2
+    assert "unreadable" in capsys.readouterr().err
+    # --retrain replaces the bad entry
+    assert run_cli("--models", "mlp_vib", "--out", str(out), "--cache-dir", str(cache), "--retrain") == 0
+
+
+def test_unwritable_output_folder_fails_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert run_cli("--out", str(blocker / "sub"), "--cache-dir", str(tmp_path / "c")) == 2
+    assert "cannot write to the output folder" in capsys.readouterr().err
+
+
+def test_list_prints_the_registry(capsys):
+    assert main(["list", "mlp_*"]) == 0
+    out = capsys.readouterr().out
+    assert "mlp_vib" in out and "beta=0.001" in out and "conv_vib" not in out

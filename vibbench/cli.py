@@ -1,4 +1,4 @@
-"""The `vibbench` command line: run, list, data."""
+"""The `vibbench` command line: run, eval, report, list, data."""
 
 from __future__ import annotations
 
@@ -26,17 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vibbench", description="Benchmark suite for Variational Information Bottleneck classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="train the registry under one config and write results/")
-    run.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)} (default: quick)")
-    run.add_argument("--models", nargs="+", metavar="PATTERN", help="shell-style patterns, optionally NAME:beta=1e-2 (default: the profile's)")
-    run.add_argument("--seeds", type=_positive_int, metavar="N", help="train seeds 0..N-1 (default: the profile's)")
-    run.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} (default: mnist)")
-    run.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (default: auto)")
-    run.add_argument("--epochs", type=_positive_int, help="override the profile's number of epochs")
-    run.add_argument("--out", type=Path, help="output folder (default: results/<run id>)")
-    run.add_argument("--cache-dir", type=Path, help="checkpoints and job results (default: $VIBBENCH_CACHE_DIR or ~/.cache/vibbench)")
-    run.add_argument("--data-dir", type=Path, help="datasets (default: $VIBBENCH_DATA_DIR or ~/.cache/vibbench/data)")
+    run = sub.add_parser("run", help="train the registry under one config, evaluate it and write results/")
+    evaluate = sub.add_parser("eval", help="evaluate the cached models of a run (no training) and write results/")
+    for p in (run, evaluate):
+        _run_options(p, PROFILES, DATASETS, DEVICES)
     run.add_argument("--retrain", action="store_true", help="ignore and replace cached jobs of this config")
+
+    report = sub.add_parser("report", help="rebuild report.md and figures/ of a results folder from its metrics.csv alone")
+    report.add_argument("run_dir", type=Path, metavar="DIR")
 
     lst = sub.add_parser("list", help="print the model registry")
     lst.add_argument("patterns", nargs="*", metavar="PATTERN")
@@ -47,13 +44,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_options(run, PROFILES, DATASETS, DEVICES) -> None:
+    run.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)} (default: quick)")
+    run.add_argument("--models", nargs="+", metavar="PATTERN", help="shell-style patterns, optionally NAME:beta=1e-2 (default: the profile's)")
+    run.add_argument("--seeds", type=_positive_int, metavar="N", help="train seeds 0..N-1 (default: the profile's)")
+    run.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} (default: mnist)")
+    run.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (default: auto)")
+    run.add_argument("--epochs", type=_positive_int, help="override the profile's number of epochs")
+    run.add_argument("--out", type=Path, help="output folder (default: results/<run id>)")
+    run.add_argument("--cache-dir", type=Path, help="checkpoints and job results (default: $VIBBENCH_CACHE_DIR or ~/.cache/vibbench)")
+    run.add_argument("--data-dir", type=Path, help="datasets (default: $VIBBENCH_DATA_DIR or ~/.cache/vibbench/data)")
+    run.add_argument("--no-eval", action="store_true", help="clean accuracy only: skip robustness, calibration, OOD and shift")
+
+
 def cmd_run(args) -> None:
     from .config import make_run_config
     from .runner import run
 
-    cfg = make_run_config(args.profile, models=args.models, seeds=args.seeds, dataset=args.dataset, device=args.device, epochs=args.epochs)
-    out = run(cfg, out_dir=args.out, cache_dir=args.cache_dir, data_dir=args.data_dir, retrain=args.retrain)
+    cfg = make_run_config(
+        args.profile, models=args.models, seeds=args.seeds, dataset=args.dataset, device=args.device, epochs=args.epochs, evaluate=not args.no_eval
+    )
+    train = args.command == "run"
+    out = run(cfg, out_dir=args.out, cache_dir=args.cache_dir, data_dir=args.data_dir, retrain=train and args.retrain, train=train)
     print(out)
+
+
+def cmd_report(args) -> None:
+    from .report import write_report
+
+    print(write_report(args.run_dir))
 
 
 def cmd_list(args) -> None:
@@ -79,7 +98,7 @@ def cmd_data(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"run": cmd_run, "list": cmd_list, "data": cmd_data}[args.command](args)
+        {"run": cmd_run, "eval": cmd_run, "report": cmd_report, "list": cmd_list, "data": cmd_data}[args.command](args)
     except VibbenchError as exc:
         print(f"vibbench: error: {exc}", file=sys.stderr)
         return 2

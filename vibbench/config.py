@@ -11,9 +11,11 @@ import dataclasses
 import functools
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from .attacks import AttackSettings
 from .errors import VibbenchError
+from .harness import EvalConfig
 from .registry import ARCHITECTURE_OPTIONS, create_model, list_models, unknown_name_message
 from .methods import HYPERPARAMETERS
 
@@ -138,12 +140,21 @@ def parse_model_specs(patterns: list[str] | tuple[str, ...]) -> tuple[ModelSpec,
     return tuple(specs)
 
 
+PAPER_BETAS = (1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 1e-1, 1.0)
+"""The paper's beta grid (Alemi et al. 2017, Fig. 1) besides the registry's default 1e-3."""
+
+
+def beta_sweep(betas) -> tuple[str, ...]:
+    return tuple(f"mlp_vib:beta={b:g}" for b in betas)
+
+
 @dataclass(frozen=True)
 class Profile:
     train: TrainConfig
     models: tuple[str, ...]
     seeds: int
     description: str
+    eval: EvalConfig | None = None
 
 
 PROFILES: dict[str, Profile] = {
@@ -151,19 +162,39 @@ PROFILES: dict[str, Profile] = {
         TrainConfig(epochs=1, max_train_examples=1000, max_eval_examples=500, eval_batch_size=500),
         ("mlp_*",),
         1,
-        "seconds: 1 epoch on 1000 images, for tests",
+        "seconds: 1 epoch on 1000 images, tiny attack budgets, for tests",
+        EvalConfig(
+            attacks=AttackSettings(
+                linf_eps=(0.1, 0.3),
+                l2_eps=(1.0, 2.0),
+                expensive_eps=(0.3,),
+                subset=50,
+                expensive_subset=20,
+                pgd_steps=5,
+                eot_iter=2,
+                cw_steps=10,
+                apgd_steps=5,
+                fab_steps=5,
+                square_queries=50,
+                batch_size=50,
+            ),
+            severities=(1, 3, 5),
+            shift_subset=200,
+        ),
     ),
     "quick": Profile(
         TrainConfig(epochs=10),
-        ("mlp_*",),
+        ("mlp_*",) + beta_sweep((1e-6, 1e-4, 1e-2, 1e-1)),
         1,
-        "the default: all MNIST-MLP methods, 10 epochs on the full training split, 1 seed (about 15 min on 2 CPU cores)",
+        "the default: all MNIST-MLP methods and a short beta sweep, 10 epochs on the full training split, 1 seed",
+        EvalConfig(attacks=AttackSettings(subset=1000, expensive_subset=200, eot_iter=5), shift_subset=2000),
     ),
     "paper": Profile(
         TrainConfig(epochs=200),
-        ("mlp_*",),
+        ("mlp_*",) + beta_sweep(PAPER_BETAS),
         3,
-        "the paper's protocol: 200 epochs, 3 seeds; meant for a GPU",
+        "the paper's protocol: 200 epochs, 3 seeds, the paper's beta grid, full attack budgets; meant for a GPU",
+        EvalConfig(attacks=AttackSettings(eot_iter=20)),
     ),
 }
 
@@ -177,12 +208,13 @@ class RunConfig:
     models: tuple[ModelSpec, ...]
     seeds: tuple[int, ...]
     device: str = "cpu"  # resolved: "cpu" or "cuda"
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
+    eval: EvalConfig | None = None  # None: clean accuracy only
 
     def to_dict(self) -> dict:
         return {
             "profile": self.profile,
             "train": self.train.to_dict(),
+            "eval": self.eval.to_dict() if self.eval else None,
             "models": [s.resolved() | {"label": s.label} for s in self.models],
             "seeds": list(self.seeds),
             "device": self.device,
@@ -196,6 +228,10 @@ class RunConfig:
     @property
     def run_id(self) -> str:
         return f"{self.profile}-{self.train.dataset}-{self.config_hash[:10]}"
+
+    def eval_hash(self, spec: ModelSpec, seed: int, section: str) -> str:
+        """Names one evaluation section of one trained model: its job and the evaluation settings."""
+        return stable_hash({"job": self.job_hash(spec, seed), "section": section, "eval": self.eval.to_dict() if self.eval else None})
 
     def job_hash(self, spec: ModelSpec, seed: int) -> str:
         """Names one trained model: the training config, the model, the seed, the device type."""
@@ -224,6 +260,7 @@ def make_run_config(
     dataset: str | None = None,
     device: str = "auto",
     epochs: int | None = None,
+    evaluate: bool = True,
 ) -> RunConfig:
     """Resolve a profile plus command-line overrides (None means: the profile's value)."""
     if profile not in PROFILES:
@@ -239,4 +276,5 @@ def make_run_config(
         models=parse_model_specs(models or prof.models),
         seeds=tuple(range(seeds or prof.seeds)),
         device=resolve_device(device),
+        eval=prof.eval if evaluate else None,
     )

@@ -16,11 +16,29 @@ from .atomic import atomic_write_text
 from .errors import VibbenchError
 from .stats import mean_ci95
 
-COLUMNS = ("run_id", "model", "label", "method", "backbone", "beta", "seed", "dataset", "split", "eval_mode", "metric", "value")
+ID_COLUMNS = ("run_id", "model", "label", "method", "backbone", "beta", "seed", "dataset")
+CONDITION_COLUMNS = ("split", "eval_mode", "attack", "path", "norm", "eps", "corruption", "severity", "ood", "score", "calibration", "bin", "n")
+COLUMNS = ID_COLUMNS + CONDITION_COLUMNS + ("metric", "value")
+"""The tidy schema of metrics.csv: one row per measurement; a condition column is empty where it does not apply.
+
+- clean:       split val|test, eval_mode predictor|mean; metric accuracy, error, nll (nats), rate_bits, izy_bits
+- training:    split train, eval_mode training; metric loss, ce, kl (nats), seconds, examples_per_second
+- robustness:  split test, eval_mode predictor, attack (fgsm, pgd, ..., worst_case, clean, checks, gradient),
+               path (direct|mean|eot|all), norm (linf|l2), eps, n; metric robust_accuracy, large_eps_accuracy,
+               median_adv_distance, zero_grad_fraction, flag_nonmonotone|flag_large_eps|flag_blackbox_stronger|flag_zero_grad (0/1)
+- calibration: split test, eval_mode predictor|mean, calibration none|temperature; metric ece, mce, adaptive_ece,
+               nll, brier, accuracy, temperature; reliability diagram: bin (0..14), metric reliability_count,
+               reliability_accuracy, reliability_confidence, reliability_lower, reliability_upper
+- ood:         split test, ood (the OOD dataset), score msp|entropy|rate; metric auroc, aupr, fpr95; ROC curve: bin (point index),
+               metric roc_fpr, roc_tpr
+- shift:       split test, eval_mode predictor, corruption, severity (1..5); metric accuracy, ece, nll
+"""
 
 
 def write_metrics(rows: list[dict], path: Path) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=list(COLUMNS))
+    for col in ("severity", "bin", "n"):
+        df[col] = df[col].astype("Int64")
     atomic_write_text(path, df.to_csv(index=False, float_format="%.10g"))
     return df
 

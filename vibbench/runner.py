@@ -18,11 +18,13 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_write_bytes, atomic_write_text
+from .attacks import autoattack_label
 from .checkpoints import load_checkpoint, save_checkpoint
 from .config import ModelSpec, RunConfig
 from .data import Dataset, Split, load_dataset
 from .errors import VibbenchError
 from .evaluate import clean_metrics
+from .harness import OOD_PAIRS, SECTIONS, calibration_records, noise_images, ood_records, robustness_records, shift_records
 from .progress import log
 from .provenance import provenance
 from .results import summary_markdown, write_json, write_metrics
@@ -110,7 +112,9 @@ def _read_result(path: Path, job_hash: str) -> dict | None:
     return record
 
 
-def run_job(cfg: RunConfig, spec: ModelSpec, seed: int, data: DeviceData, cache_dir: Path, retrain: bool = False) -> dict:
+def run_job(
+    cfg: RunConfig, spec: ModelSpec, seed: int, data: DeviceData, cache_dir: Path, retrain: bool = False, train: bool = True
+) -> dict:
     """Train and evaluate one (model, seed), or return its cached result."""
     h = cfg.job_hash(spec, seed)
     folder = job_dir(cache_dir, h)
@@ -122,8 +126,10 @@ def run_job(cfg: RunConfig, spec: ModelSpec, seed: int, data: DeviceData, cache_
         record = _read_result(result_path, h)
         if record is not None:
             load_checkpoint(model_path, h)  # refuse a cache entry whose weights do not verify
-            log(f"{label}: cached ({folder})")
+            log(f"{label}: trained model cached ({folder})")
             return record
+    if not train:
+        raise VibbenchError(f"{label} has no trained model in {cache_dir}; run `vibbench run` with the same options first")
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "job.json", {"job_hash": h, "model": spec.resolved(), "seed": seed, "train": cfg.train.to_dict(), "device": cfg.device})
     model = build_model(spec, seed, cfg, data.num_classes)
@@ -153,7 +159,65 @@ def run_job(cfg: RunConfig, spec: ModelSpec, seed: int, data: DeviceData, cache_
     return record
 
 
-def metric_rows(cfg: RunConfig, spec: ModelSpec, record: dict) -> list[dict]:
+def evaluate_job(cfg: RunConfig, spec: ModelSpec, seed: int, data: DeviceData, ood: tuple[str, torch.Tensor] | None, cache_dir: Path) -> list[dict]:
+    """The harness's sections for one trained model, each cached under its own hash (resumable)."""
+    if cfg.eval is None:
+        return []
+    folder = job_dir(cache_dir, cfg.job_hash(spec, seed))
+    label = f"{spec.label} seed {seed}"
+    model = None
+    records: list[dict] = []
+    for section in SECTIONS:
+        if section == "robustness" and cfg.eval.attacks is None or section == "ood" and ood is None:
+            continue
+        h = cfg.eval_hash(spec, seed, section)
+        path = folder / f"eval-{section}-{h[:16]}.json"
+        cached = _read_eval(path, h)
+        if cached is None:
+            if model is None:
+                model = load_trained(cfg, spec, seed, cache_dir, data.num_classes)
+            t0 = time.perf_counter()
+            if section == "calibration":
+                new = calibration_records(model, data.val, data.test, cfg.eval, seed)
+            elif section == "ood":
+                new = ood_records(model, data.test, ood[1], ood[0], seed)
+            elif section == "shift":
+                new = shift_records(model, data.test, cfg.eval, seed)
+            else:
+                new = robustness_records(model, data.test, cfg.eval.attacks, seed, label)
+            write_json(path, {"format": RESULT_FORMAT, "eval_hash": h, "seconds": time.perf_counter() - t0, "records": new})
+            log(f"{label}: {section} evaluated in {time.perf_counter() - t0:.0f} s")
+            cached = new
+        records += cached
+    return records
+
+
+def _read_eval(path: Path, eval_hash: str) -> list[dict] | None:
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # unreadable: evaluate again (it is written atomically, so this means tampering)
+    if record.get("format") != RESULT_FORMAT or record.get("eval_hash") != eval_hash:
+        raise VibbenchError(f"{path} does not match its config; delete it to evaluate again")
+    return record["records"]
+
+
+def ood_set(cfg: RunConfig, data_dir: Path | None) -> tuple[str, torch.Tensor] | None:
+    """The OOD images paired with the run's dataset (loaded before any training, so a missing set fails early)."""
+    if cfg.eval is None or not cfg.eval.ood:
+        return None
+    name = OOD_PAIRS[cfg.train.dataset]
+    n = cfg.train.max_eval_examples
+    if name == "noise":
+        images = noise_images(n or 10_000, seed=12345)
+    else:
+        images = load_dataset(name, data_dir).test.images[:n]
+    return name, images.to(cfg.device)
+
+
+def metric_rows(cfg: RunConfig, spec: ModelSpec, record: dict, eval_records: list[dict] = ()) -> list[dict]:
     model = spec.resolved()
     base = {
         "run_id": cfg.run_id,
@@ -175,11 +239,20 @@ def metric_rows(cfg: RunConfig, spec: ModelSpec, record: dict) -> list[dict]:
         "examples_per_second": sum(h["examples_per_second"] for h in record["history"]) / len(record["history"]),
     }
     rows += [base | {"split": "train", "eval_mode": "training", "metric": k, "value": v} for k, v in training.items()]
+    rows += [base | r for r in eval_records]
     return rows
 
 
-def run(cfg: RunConfig, out_dir: Path | None = None, cache_dir: Path | None = None, data_dir: Path | None = None, retrain: bool = False) -> Path:
-    """Train and evaluate the run's models and write metrics.csv, summary.md, config.json, provenance.json."""
+def run(
+    cfg: RunConfig,
+    out_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    data_dir: Path | None = None,
+    retrain: bool = False,
+    train: bool = True,
+) -> Path:
+    """Train (unless `train` is False: `vibbench eval`) and evaluate the run's models; write metrics.csv,
+    summary.md, config.json, provenance.json and the report."""
     started = time.perf_counter()
     out_dir = Path(out_dir) if out_dir is not None else Path("results") / cfg.run_id
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -187,6 +260,7 @@ def run(cfg: RunConfig, out_dir: Path | None = None, cache_dir: Path | None = No
     check_writable(cache_dir, "cache folder")
     dataset = load_dataset(cfg.train.dataset, data_dir)
     data = device_data(dataset, cfg)
+    ood = ood_set(cfg, data_dir)
     log(
         f"run {cfg.run_id}: {len(cfg.models)} model(s) x {len(cfg.seeds)} seed(s) on {cfg.train.dataset} "
         f"({data.train.labels.shape[0]} training images, {cfg.train.epochs} epoch(s), device {cfg.device})"
@@ -194,9 +268,13 @@ def run(cfg: RunConfig, out_dir: Path | None = None, cache_dir: Path | None = No
     rows = []
     for seed in cfg.seeds:
         for spec in cfg.models:
-            rows += metric_rows(cfg, spec, run_job(cfg, spec, seed, data, cache_dir, retrain))
+            record = run_job(cfg, spec, seed, data, cache_dir, retrain, train)
+            rows += metric_rows(cfg, spec, record, evaluate_job(cfg, spec, seed, data, ood, cache_dir))
     df = write_metrics(rows, out_dir / "metrics.csv")
-    write_json(out_dir / "config.json", cfg.to_dict() | {"run_id": cfg.run_id, "config_hash": cfg.config_hash})
+    config = cfg.to_dict() | {"run_id": cfg.run_id, "config_hash": cfg.config_hash}
+    if cfg.eval is not None and cfg.eval.attacks is not None:
+        config["eval"]["autoattack_label"] = autoattack_label(cfg.eval.attacks)
+    write_json(out_dir / "config.json", config)
     atomic_write_text(out_dir / "summary.md", summary_markdown(df, title=f"vibbench run {cfg.run_id}"))
     write_json(
         out_dir / "provenance.json",

@@ -34,7 +34,7 @@ data: install
 		 (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null)) \
 		|| echo "could not install dataset-fashion-mnist; continuing"; \
 	fi
-	$(BIN)/vibbench data mnist
+	$(BIN)/vibbench data mnist fashion-mnist
 
 clean-venv:
 	rm -rf $(VENV)

@@ -181,3 +181,18 @@ def test_empty_subset_is_refused(trained_mlp):
 def test_autoattack_is_only_called_standard_with_the_original_settings():
     assert autoattack_label(AttackSettings()).startswith("AutoAttack (standard")
     assert "AutoAttack-style" in autoattack_label(AttackSettings(apgd_steps=10))
+
+
+def test_cw_breaks_models_whose_outputs_are_log_probabilities(trained_vib, trained_mlp, synthetic):
+    # torchattacks' CW margin is constantly 0 on all-negative outputs; PositiveLogits fixes it exactly
+    from vibbench.attacks import PositiveLogits
+
+    x = synthetic.test.images[:20]
+    target = AttackTarget(trained_vib, "mean")
+    with torch.no_grad():
+        out, shifted = target(x), PositiveLogits(target)(x)
+    assert (out <= 0).all() and (shifted >= 1).all()
+    torch.testing.assert_close(shifted.log_softmax(1), out.log_softmax(1))
+    for model in (trained_vib, trained_mlp):
+        records = evaluate_robustness(model, x, synthetic.test.labels[:20], small(attacks=("cw",), subset=20, expensive_subset=20, cw_steps=30, l2_eps=(5.0,)), seed=0)
+        assert max(by(records, "robust_accuracy", attack="cw")) < by(records, "robust_accuracy", attack="clean")[0]

@@ -17,8 +17,8 @@ def dirs(tmp_path):
     return tmp_path / "out", tmp_path / "cache"
 
 
-def run_cli(*args):
-    return main(["run", "--profile", "smoke", "--dataset", "synthetic", *args])
+def run_cli(*args, command="run", evaluate=False):
+    return main([command, "--profile", "smoke", "--dataset", "synthetic", *([] if evaluate else ["--no-eval"]), *args])
 
 
 def test_smoke_run_writes_results_and_reuses_the_cache(dirs, capsys, monkeypatch):
@@ -122,3 +122,50 @@ def test_list_prints_the_registry(capsys):
     assert main(["list", "mlp_*"]) == 0
     out = capsys.readouterr().out
     assert "mlp_vib" in out and "beta=0.001" in out and "conv_vib" not in out
+
+
+def test_smoke_run_with_evaluation_then_eval_and_report_from_the_cache(dirs, capsys, monkeypatch):
+    out, cache = dirs
+    models = ["mlp_deterministic", "mlp_vib"]
+    assert run_cli("--models", *models, "--out", str(out), "--cache-dir", str(cache), evaluate=True) == 0
+    df = pd.read_csv(out / "metrics.csv")
+    sections = {
+        "robustness": df.attack.eq("worst_case"),
+        "calibration": df.calibration.eq("temperature"),
+        "ood": df.ood.eq("noise"),
+        "shift": df.corruption.notna(),
+    }
+    for name, rows in sections.items():
+        assert rows.any(), name
+    assert set(df[df.metric.str.startswith("flag_")].model) == set(models)
+    assert {"mean", "eot"} <= set(df[df.model == "mlp_vib"].path.dropna())
+    report = (out / "report.md").read_text()
+    assert "figures/robust_accuracy.png" in report and (out / "figures" / "robust_accuracy.png").stat().st_size > 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["eval"]["attacks"]["subset"] == 30 and "AutoAttack" in config["eval"]["autoattack_label"]
+
+    # `vibbench eval` trains nothing and evaluates nothing again: every section is cached
+    import vibbench.runner as runner
+
+    monkeypatch.setattr(runner, "train_model", lambda *a, **k: pytest.fail("eval trained a model"))
+    monkeypatch.setattr(runner, "robustness_records", lambda *a, **k: pytest.fail("a cached section ran again"))
+    assert run_cli("--models", *models, "--out", str(out), "--cache-dir", str(cache), command="eval", evaluate=True) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv"), df)
+
+    # the report is rebuilt from metrics.csv alone
+    (out / "report.md").unlink()
+    for f in ("config.json", "provenance.json"):
+        (out / f).unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text().count("## ") >= 6
+
+
+def test_eval_without_trained_models_says_what_to_do(dirs, capsys):
+    out, cache = dirs
+    assert run_cli("--models", "mlp_vib", "--out", str(out), "--cache-dir", str(cache), command="eval") == 2
+    assert "run `vibbench run`" in capsys.readouterr().err
+
+
+def test_report_of_a_folder_without_metrics(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "has no metrics.csv" in capsys.readouterr().err

@@ -15,7 +15,16 @@ Attacks and the papers they come from:
 - pgd_l2: Madry et al. 2018, L2 (torchattacks has no EOT variant: single-draw gradients on EOT paths).
 - cw: Carlini & Wagner 2017, L2 (the VIB paper's attack). It minimizes the perturbation; robust
   accuracy at eps counts an example as broken if CW found an adversarial example with
-  ||delta||_2 <= eps. torchattacks' CW uses one constant c and no binary search: reported as run.
+  ||delta||_2 <= eps. torchattacks' CW takes one constant c and has no binary search over it, so
+  we run it at each c of `cw_cs` and keep, per example, the smallest successful perturbation.
+  Two fixes make torchattacks' CW work on MNIST models: (1) its margin takes a max over
+  outputs times a one-hot mask, which assumes some positive logits; on log-probabilities (our
+  stochastic predictor's output, all <= 0) the masked zeros win and the margin is constantly 0,
+  so the attack never moves. CW sees the outputs shifted per example by a detached constant
+  (`PositiveLogits`), which leaves the margin and its gradient exact. (2) It works in tanh space,
+  where pixels at exactly 0 or 1 (most of MNIST) sit at atanh(+-1) = +-inf and can never move;
+  CW starts from the images squeezed into [1e-3, 1 - 1e-3] (`CW_SQUEEZE`), and distances are
+  measured from the original images, so the squeeze only ever counts against the attack.
 - square: Andriushchenko et al. 2020, black-box score-based, L-infinity.
 - autoattack: Croce & Hein 2020's standard ensemble, APGD-CE, APGD-T (9 targets), FAB-T
   (9 targets), Square, each run on the points still robust. torchattacks' own AutoAttack passes no
@@ -78,8 +87,8 @@ class AttackSettings:
     pgd_steps: int = 40
     eot_iter: int = 10  # forward passes averaged per gradient on the EOT path
     cw_steps: int = 100
-    cw_c: float = 1.0
-    cw_lr: float = 0.01
+    cw_cs: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)  # CW is run at each c; per example the smallest success counts
+    cw_lr: float = 0.1  # Adam step in tanh space; 0.01 with 100 steps leaves most examples unbroken on MNIST
     apgd_steps: int = 100
     fab_steps: int = 100
     square_queries: int = 5000
@@ -96,6 +105,8 @@ class AttackSettings:
             check_eps("linf", eps)
         for norm, eps in self.large_eps:
             check_eps(norm, eps)
+        if not self.cw_cs or not all(isinstance(c, (int, float)) and c > 0 for c in self.cw_cs):
+            raise VibbenchError(f"cw_cs must be positive numbers, got {self.cw_cs!r}")
         for name in ("subset", "expensive_subset", "pgd_steps", "eot_iter", "cw_steps", "apgd_steps", "fab_steps", "square_queries", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -128,6 +139,22 @@ def autoattack_label(s: AttackSettings) -> str:
     original = s.apgd_steps == 100 and s.fab_steps == 100 and s.square_queries == 5000
     detail = f"APGD-CE {s.apgd_steps} steps, APGD-T 9x{s.apgd_steps}, FAB-T 9x{s.fab_steps}, Square {s.square_queries} queries"
     return f"AutoAttack (standard: {detail})" if original else f"AutoAttack-style ensemble ({detail}; the original runs 100/100/5000)"
+
+
+CW_SQUEEZE = 1e-3
+
+
+class PositiveLogits(nn.Module):
+    """Outputs shifted per example by a detached constant so that all are >= 1; softmax, argmax and
+    every margin are unchanged. Needed by torchattacks' CW (see the module docstring)."""
+
+    def __init__(self, target: nn.Module):
+        super().__init__()
+        self.target = target
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.target(x)
+        return out - out.detach().amin(dim=1, keepdim=True) + 1.0
 
 
 class AttackTarget(nn.Module):
@@ -170,8 +197,17 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000, seed
     return preds
 
 
-def build_attack(name: str, target: AttackTarget, eps: float, s: AttackSettings, seed: int, num_classes: int = 10, random_start: bool = True):
-    """The torchattacks object for one attack, budget and path. `random_start` applies to PGD only."""
+def build_attack(
+    name: str,
+    target: AttackTarget,
+    eps: float,
+    s: AttackSettings,
+    seed: int,
+    num_classes: int = 10,
+    random_start: bool = True,
+    cw_c: float = 1.0,
+):
+    """The torchattacks object for one attack, budget and path. `random_start` applies to PGD, `cw_c` to CW."""
     eot = target.path == "eot"
     k = s.eot_iter if eot else 1
     if name == "fgsm":
@@ -184,7 +220,7 @@ def build_attack(name: str, target: AttackTarget, eps: float, s: AttackSettings,
     if name == "pgd_l2":
         return torchattacks.PGDL2(target, eps=eps, alpha=2.5 * eps / s.pgd_steps, steps=s.pgd_steps, random_start=random_start)
     if name == "cw":
-        return torchattacks.CW(target, c=s.cw_c, kappa=0, steps=s.cw_steps, lr=s.cw_lr)
+        return torchattacks.CW(PositiveLogits(target), c=cw_c, kappa=0, steps=s.cw_steps, lr=s.cw_lr)
     if name == "square":
         return torchattacks.Square(target, norm="Linf", eps=eps, n_queries=s.square_queries, n_restarts=1, seed=seed)
     if name == "autoattack":
@@ -210,6 +246,7 @@ def adversarial_examples(
     s: AttackSettings,
     seed: int = 0,
     random_start: bool = True,
+    cw_c: float = 1.0,
 ) -> torch.Tensor:
     """Run one attack in chunks of `s.batch_size`; returns the adversarial images (same shape)."""
     spec = ATTACKS.get(name)
@@ -219,13 +256,14 @@ def adversarial_examples(
         raise VibbenchError("the evaluation subset is empty: nothing to attack (check --attack-subset / max_eval_examples)")
     check_eps(spec.norm, eps)
     target = AttackTarget(model, path)
-    attack = build_attack(name, target, eps, s, seed, getattr(model, "num_classes", 10), random_start)
+    attack = build_attack(name, target, eps, s, seed, getattr(model, "num_classes", 10), random_start, cw_c)
     out = []
     devices = [images.device] if images.is_cuda else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
+        inputs = images * (1 - 2 * CW_SQUEEZE) + CW_SQUEEZE if name == "cw" else images
         for i in range(0, images.shape[0], s.batch_size):
-            out.append(attack(images[i : i + s.batch_size], labels[i : i + s.batch_size]).detach())
+            out.append(attack(inputs[i : i + s.batch_size], labels[i : i + s.batch_size]).detach())
     return torch.cat(out)
 
 

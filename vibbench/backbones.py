@@ -24,20 +24,27 @@ def register_backbone(fn):
 class Dropout(nn.Module):
     """Inverted dropout whose rate is a buffer (a tensor), so a population can give each member its own rate.
 
-    Same semantics as nn.Dropout: active in train(), identity in eval().
+    Same semantics as nn.Dropout: active in train(), identity in eval(). `max_rate` is a plain
+    float, the largest rate in use (the population trainer sets it to the members' maximum): when
+    it is 0 the layer is skipped without drawing random numbers, and without reading the buffer,
+    which would be data-dependent control flow under vmap. The trainers supply the uniform noise
+    through the `noise` buffer (shape (B, features)) from a per-model generator, so that a model
+    draws the same masks alone or in a population; without it the layer draws from torch's RNG.
     """
 
-    def __init__(self, p: float):
+    def __init__(self, p: float, features: int):
         super().__init__()
         self.register_buffer("p", torch.tensor(float(p)), persistent=False)
+        self.register_buffer("noise", torch.empty(0), persistent=False)
+        self.max_rate = float(p)
+        self.features = features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return x
-        if self.p.dim() == 0 and float(self.p) == 0.0:
+        if not self.training or self.max_rate == 0.0:
             return x
         keep = 1.0 - self.p
-        return x * (torch.rand_like(x) < keep) / keep
+        u = self.noise if self.noise.numel() else torch.rand_like(x)
+        return x * (u < keep) / keep
 
 
 class Backbone(nn.Module):
@@ -57,10 +64,10 @@ def mlp(dropout: float = 0.0, hidden: int = 1024, in_features: int = 784) -> Bac
         nn.Flatten(),
         nn.Linear(in_features, hidden),
         nn.ReLU(),
-        Dropout(dropout),
+        Dropout(dropout, hidden),
         nn.Linear(hidden, hidden),
         nn.ReLU(),
-        Dropout(dropout),
+        Dropout(dropout, hidden),
     )
     return Backbone(body, hidden)
 
@@ -78,6 +85,6 @@ def conv(dropout: float = 0.0, hidden: int = 1024) -> Backbone:
         nn.Flatten(),
         nn.Linear(64 * 7 * 7, hidden),
         nn.ReLU(),
-        Dropout(dropout),
+        Dropout(dropout, hidden),
     )
     return Backbone(body, hidden)

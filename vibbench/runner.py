@@ -27,6 +27,7 @@ from .evaluate import clean_metrics
 from .harness import OOD_PAIRS, SECTIONS, calibration_records, noise_images, ood_records, robustness_records, shift_records
 from .progress import log
 from .provenance import provenance
+from .report import write_report
 from .results import summary_markdown, write_json, write_metrics
 from .train import train_model
 
@@ -292,5 +293,6 @@ def run(
             },
         ),
     )
+    write_report(out_dir, df)
     log(f"wrote {out_dir} in {time.perf_counter() - started:.0f} s")
     return out_dir

@@ -22,6 +22,7 @@ from .classifier import Classifier
 from .config import TrainConfig
 from .errors import VibbenchError
 from .losses import training_loss
+from .noise import ModelNoise, set_dropout_noise
 from .progress import bar, log
 
 _NAN_CHECK_EVERY = 50  # steps between host reads of the divergence flag (a read synchronizes a GPU)
@@ -68,18 +69,20 @@ def train_model(
     label: str,
     checkpoint_path: Path | None = None,
     config_hash: str = "",
+    noise_key: str | None = None,
 ) -> TrainResult:
     """Train `model` in place on (images, labels), already on the model's device; on return the
-    model holds the EMA weights (the ones the paper evaluates)."""
+    model holds the EMA weights (the ones the paper evaluates). The training noise comes from a
+    generator seeded by (seed, noise_key), noise_key defaulting to the model's name."""
     if images.shape[0] < cfg.batch_size:
         raise VibbenchError(f"{images.shape[0]} training images is fewer than one batch of {cfg.batch_size}")
     params = [p for p in model.parameters()]
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas)
     ema = [p.detach().clone() for p in params]
     gen = order_generator(seed)
+    noise = ModelNoise(model, seed, noise_key or model.name, images.device)
     result = TrainResult()
     start_epoch = 0
-    torch.manual_seed(seed)  # the noise stream (z samples, dropout masks) of this model and seed
     if checkpoint_path is not None and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path, config_hash, map_location=images.device)
         model.load_state_dict(state["model"])
@@ -87,9 +90,7 @@ def train_model(
         for e, saved in zip(ema, state["ema"]):
             e.copy_(saved)
         gen.set_state(state["order_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if images.is_cuda and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"])
+        noise.set_state(state["noise_rng"])
         result = TrainResult(state["history"], state["seconds"], state["epoch"])
         start_epoch = state["epoch"]
         log(f"{label}: resuming from the checkpoint after epoch {start_epoch}")
@@ -108,7 +109,9 @@ def train_model(
             sums = torch.zeros(3, device=images.device)
             for i, idx in enumerate(batch_order(images.shape[0], cfg.batch_size, gen)):
                 idx = idx.to(images.device, non_blocking=True)
-                out = model.forward_details(images[idx], num_samples=cfg.train_samples)
+                eps, masks = noise.draw(cfg.batch_size, cfg.train_samples)
+                set_dropout_noise(model, masks)
+                out = model.forward_details(images[idx], num_samples=cfg.train_samples, eps=eps)
                 terms = training_loss(
                     out,
                     labels[idx],
@@ -157,8 +160,7 @@ def train_model(
                         "optimizer": opt.state_dict(),
                         "ema": ema,
                         "order_rng": gen.get_state(),
-                        "torch_rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state() if images.is_cuda else None,
+                        "noise_rng": noise.get_state(),
                         "history": result.history,
                         "seconds": result.seconds,
                     },
@@ -166,6 +168,7 @@ def train_model(
                 )
     finally:
         progress.close()
+        set_dropout_noise(model, [])
     with torch.no_grad():
         for p, e in zip(params, ema):
             p.copy_(e)

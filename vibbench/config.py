@@ -19,7 +19,7 @@ from .harness import EvalConfig
 from .registry import ARCHITECTURE_OPTIONS, create_model, list_models, unknown_name_message
 from .methods import HYPERPARAMETERS
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Bumped whenever training or evaluation changes meaning, so old cache entries are not reused."""
 
 DEVICES = ("auto", "cpu", "cuda")

@@ -36,5 +36,10 @@ data: install
 	fi
 	$(BIN)/vibbench data mnist fashion-mnist
 
+# Regression benchmarks (pytest-benchmark) and the side-by-side training comparison; see benchmarks/README.md.
+bench: install data
+	$(BIN)/python -m pytest benchmarks/ $(BENCH_ARGS)
+	$(BIN)/vibbench bench --compare --no-throughput
+
 clean-venv:
 	rm -rf $(VENV)

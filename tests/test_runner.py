@@ -169,3 +169,15 @@ def test_eval_without_trained_models_says_what_to_do(dirs, capsys):
 def test_report_of_a_folder_without_metrics(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "has no metrics.csv" in capsys.readouterr().err
+
+
+def test_same_config_and_seed_give_bit_identical_metrics(tmp_path):
+    """Two independent smoke runs (separate caches: everything trained and evaluated twice)."""
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"out{i}"
+        assert run_cli("--models", "mlp_dropout", "mlp_vib", "--out", str(out), "--cache-dir", str(tmp_path / f"cache{i}"), evaluate=True) == 0
+        outs.append((out / "metrics.csv").read_bytes())
+    assert outs[0] == outs[1]
+    assert b"seconds" not in outs[0]  # wall times live in timing.csv
+    assert (tmp_path / "out0" / "timing.csv").read_text().count("examples_per_second") == 2

@@ -1,6 +1,7 @@
 """Training: identical batches across models, the schedule, EMA, divergence, resume."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -105,3 +106,12 @@ def test_interrupted_training_resumes_to_identical_weights(tmp_path, monkeypatch
     assert result.resumed_from_epoch == 1 and len(result.history) == 2
     for p, q in zip(reference.parameters(), resumed.parameters()):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("beta", [0.0, 1e3])
+def test_training_stays_finite_across_the_beta_range(beta):
+    x, y = tiny_data()
+    model = create_model("mlp_vib", beta=beta)
+    result = train_model(model, x, y, CFG, seed=0, label=f"beta {beta}")
+    assert all(math.isfinite(h["loss"]) and math.isfinite(h["kl"]) for h in result.history)
+    assert all(torch.isfinite(p).all() for p in model.parameters())

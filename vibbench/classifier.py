@@ -8,6 +8,9 @@ Contract (shared with attack libraries such as torchattacks):
   samples z, every sample's logits and the per-example KL.
 - `model.stochastic` declares whether the model samples at test time; `model.mean_mode = True`
   makes a VIB model deterministic (z = mu).
+- `model.head_impl`: "auto" samples z with the fused Triton kernel (`vibbench.fused_head`) on CUDA
+  and with eager ops elsewhere; "eager" or "fused" force one. Training passes its own eps (from
+  the per-model noise generator), which always takes the eager path.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class Classifier(nn.Module):
         self.train_samples = train_samples
         self.input_shape = input_shape
         self.mean_mode = False
+        self.head_impl = "auto"  # "auto": the fused Triton head on CUDA, eager elsewhere; or "eager" / "fused"
         self.backbone = backbone
         self.encoder_head = nn.Linear(backbone.feature_dim, latent_dim * (2 if self.stochastic else 1))
         self.decoder = nn.Linear(latent_dim, num_classes)
@@ -97,14 +101,32 @@ class Classifier(nn.Module):
         if not self.stochastic:
             mu = h
             return ForwardDetails(mu, None, None, mu[None], self.decoder(mu)[None], mu.new_zeros(mu.shape[0]))
+        n = num_samples or self.num_samples
+        if eps is None and not self.mean_mode and self._fused_head(h.device):
+            from .fused_head import fused_vib_head
+
+            # the kernel draws eps from Philox; its seed comes from torch's CPU generator, so
+            # torch.manual_seed still makes the stream reproducible
+            out = fused_vib_head(h, n, int(torch.randint(0, 2**62, ())))
+            return ForwardDetails(out.mu, out.std, out.log_std, out.z, self.decoder(out.z), out.kl)
         mu, s = h.split(self.latent_dim, dim=-1)
         std, log_std = std_from_preactivation(s)
         kl = kl_divergence(mu, std, log_std)
-        if self.mean_mode:
-            z = mu[None]
-        else:
-            z = reparameterize(mu, std, num_samples or self.num_samples, eps=eps)
+        z = mu[None] if self.mean_mode else reparameterize(mu, std, n, eps=eps)
         return ForwardDetails(mu, std, log_std, z, self.decoder(z), kl)
+
+    def _fused_head(self, device: torch.device) -> bool:
+        if self.head_impl == "eager":
+            return False
+        if self.head_impl == "fused":
+            return True  # fused_vib_head raises a clear error where it cannot run
+        if self.head_impl != "auto":
+            raise ValueError(f"head_impl must be 'auto', 'eager' or 'fused', got {self.head_impl!r}")
+        if device.type != "cuda":
+            return False
+        from .fused_head import available
+
+        return available(device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_details(x).prediction()

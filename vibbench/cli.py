@@ -1,4 +1,4 @@
-"""The `vibbench` command line: run, eval, report, list, data."""
+"""The `vibbench` command line: run, eval, report, bench, list, data."""
 
 from __future__ import annotations
 
@@ -31,12 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (run, evaluate):
         _run_options(p, PROFILES, DATASETS, DEVICES)
     run.add_argument("--retrain", action="store_true", help="ignore and replace cached jobs of this config")
+    run.add_argument("--trainer", default="auto", help="auto, single or population (default auto: populations on CUDA, one at a time on CPU)")
 
     report = sub.add_parser("report", help="rebuild report.md and figures/ of a results folder from its metrics.csv alone")
     report.add_argument("run_dir", type=Path, metavar="DIR")
 
     lst = sub.add_parser("list", help="print the model registry")
     lst.add_argument("patterns", nargs="*", metavar="PATTERN")
+
+    from .bench import add_bench_parser
+
+    add_bench_parser(sub)
 
     data = sub.add_parser("data", help="fetch, verify and cache datasets")
     data.add_argument("names", nargs="*", metavar="DATASET", help=f"default: mnist; any of {', '.join(DATASETS)}")
@@ -59,13 +64,23 @@ def _run_options(run, PROFILES, DATASETS, DEVICES) -> None:
 
 def cmd_run(args) -> None:
     from .config import make_run_config
-    from .runner import run
+    from .runner import resolve_trainer, run
 
     cfg = make_run_config(
         args.profile, models=args.models, seeds=args.seeds, dataset=args.dataset, device=args.device, epochs=args.epochs, evaluate=not args.no_eval
     )
     train = args.command == "run"
-    out = run(cfg, out_dir=args.out, cache_dir=args.cache_dir, data_dir=args.data_dir, retrain=train and args.retrain, train=train)
+    if train:
+        resolve_trainer(args.trainer, cfg.device)  # a bad --trainer fails before anything runs
+    out = run(
+        cfg,
+        out_dir=args.out,
+        cache_dir=args.cache_dir,
+        data_dir=args.data_dir,
+        retrain=train and args.retrain,
+        train=train,
+        trainer=args.trainer if train else "auto",
+    )
     print(out)
 
 
@@ -98,7 +113,9 @@ def cmd_data(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"run": cmd_run, "eval": cmd_run, "report": cmd_report, "list": cmd_list, "data": cmd_data}[args.command](args)
+        from .bench import cmd_bench
+
+        {"run": cmd_run, "eval": cmd_run, "report": cmd_report, "list": cmd_list, "data": cmd_data, "bench": cmd_bench}[args.command](args)
     except VibbenchError as exc:
         print(f"vibbench: error: {exc}", file=sys.stderr)
         return 2

@@ -35,23 +35,35 @@ COLUMNS = ID_COLUMNS + CONDITION_COLUMNS + ("metric", "value")
 """
 
 
+TIMING_METRICS = ("seconds", "examples_per_second")
+"""Measurements of the machine, not of the models: kept out of metrics.csv (in timing.csv, same schema),
+so that metrics.csv of the same config and seed is bit-identical from run to run."""
+
+
 def write_metrics(rows: list[dict], path: Path) -> pd.DataFrame:
+    """Write metrics.csv, and the timing rows to timing.csv beside it; returns all rows."""
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     for col in ("severity", "bin", "n"):
         df[col] = df[col].astype("Int64")
-    atomic_write_text(path, df.to_csv(index=False, float_format="%.10g"))
+    timing = df.metric.isin(TIMING_METRICS)
+    atomic_write_text(path, df[~timing].to_csv(index=False, float_format="%.10g"))
+    atomic_write_text(Path(path).with_name("timing.csv"), df[timing].to_csv(index=False, float_format="%.10g"))
     return df
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:
+    """metrics.csv of a run folder, with timing.csv's rows appended when present."""
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         raise VibbenchError(f"{run_dir} has no metrics.csv: point to a folder written by `vibbench run`")
-    df = pd.read_csv(path)
-    missing = set(COLUMNS) - set(df.columns)
-    if missing:
-        raise VibbenchError(f"{path} lacks the columns {', '.join(sorted(missing))}; it was not written by vibbench")
-    return df
+    frames = [pd.read_csv(path)]
+    if (Path(run_dir) / "timing.csv").is_file():
+        frames.append(pd.read_csv(Path(run_dir) / "timing.csv"))
+    for frame, name in zip(frames, ("metrics.csv", "timing.csv")):
+        missing = set(COLUMNS) - set(frame.columns)
+        if missing:
+            raise VibbenchError(f"{Path(run_dir) / name} lacks the columns {', '.join(sorted(missing))}; it was not written by vibbench")
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
 def write_json(path: Path, obj) -> None:

@@ -8,6 +8,7 @@ with an earlier one reuses them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,15 +21,18 @@ import torch
 from .atomic import atomic_write_bytes, atomic_write_text
 from .attacks import autoattack_label
 from .checkpoints import load_checkpoint, save_checkpoint
-from .config import ModelSpec, RunConfig
+from .config import ModelSpec, RunConfig, stable_hash
 from .data import Dataset, Split, load_dataset
 from .errors import VibbenchError
 from .evaluate import clean_metrics
+from .locks import folder_lock
 from .harness import OOD_PAIRS, SECTIONS, calibration_records, noise_images, ood_records, robustness_records, shift_records
 from .progress import log
 from .provenance import provenance
 from .report import write_report
 from .results import summary_markdown, write_json, write_metrics
+from .population import population_key, train_population
+from .registry import unknown_name_message
 from .train import train_model
 
 RESULT_FORMAT = "vibbench-job-1"
@@ -113,31 +117,40 @@ def _read_result(path: Path, job_hash: str) -> dict | None:
     return record
 
 
-def run_job(
-    cfg: RunConfig, spec: ModelSpec, seed: int, data: DeviceData, cache_dir: Path, retrain: bool = False, train: bool = True
-) -> dict:
-    """Train and evaluate one (model, seed), or return its cached result."""
+TRAINERS = ("auto", "single", "population")
+
+
+def resolve_trainer(trainer: str, device: str) -> str:
+    """auto: populations on CUDA, where one vectorized step replaces many small launches; one model at a
+    time on the CPU, where vmap's batched products measured slower than plain ones at batch 100."""
+    if trainer not in TRAINERS:
+        raise VibbenchError(unknown_name_message("trainer", trainer, TRAINERS))
+    if trainer == "auto":
+        return "population" if device == "cuda" else "single"
+    return trainer
+
+
+def cached_result(cfg: RunConfig, spec: ModelSpec, seed: int, cache_dir: Path, retrain: bool = False) -> dict | None:
+    """The finished job's record, verified (its weights included), or None if it must be trained."""
     h = cfg.job_hash(spec, seed)
     folder = job_dir(cache_dir, h)
-    label = f"{spec.label} seed {seed}"
-    result_path, model_path, state_path = folder / "result.json", folder / "model.pt", folder / "train_state.pt"
     if retrain and folder.exists():
         shutil.rmtree(folder)
+    result_path, model_path = folder / "result.json", folder / "model.pt"
     if result_path.exists() and model_path.exists():
         record = _read_result(result_path, h)
         if record is not None:
             load_checkpoint(model_path, h)  # refuse a cache entry whose weights do not verify
-            log(f"{label}: trained model cached ({folder})")
+            log(f"{spec.label} seed {seed}: trained model cached ({folder})")
             return record
-    if not train:
-        raise VibbenchError(f"{label} has no trained model in {cache_dir}; run `vibbench run` with the same options first")
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "job.json", {"job_hash": h, "model": spec.resolved(), "seed": seed, "train": cfg.train.to_dict(), "device": cfg.device})
-    model = build_model(spec, seed, cfg, data.num_classes)
-    trained = train_model(
-        model, data.train.images, data.train.labels, cfg.train, seed=seed, label=label, checkpoint_path=state_path, config_hash=h
-    )
-    save_checkpoint(model_path, model.state_dict(), h)
+    return None
+
+
+def finish_job(cfg: RunConfig, spec: ModelSpec, seed: int, model, trained, data: DeviceData, cache_dir: Path) -> dict:
+    """Save a freshly trained model and its clean metrics as the job's result."""
+    h = cfg.job_hash(spec, seed)
+    folder = job_dir(cache_dir, h)
+    save_checkpoint(folder / "model.pt", model.state_dict(), h)
     t0 = time.perf_counter()
     metrics = {
         split: clean_metrics(model, s.images, s.labels, batch_size=cfg.train.eval_batch_size, seed=seed)
@@ -153,11 +166,71 @@ def run_job(
         "eval_seconds": time.perf_counter() - t0,
         "metrics": [{"split": s, "eval_mode": m, "metric": k, "value": v} for s, d in metrics.items() for (m, k), v in d.items()],
     }
-    write_json(result_path, record)
-    state_path.unlink(missing_ok=True)
-    test_err = metrics["test"][("predictor", "error")]
-    log(f"{label}: trained in {trained.seconds:.0f} s, test error {100 * test_err:.2f}%")
+    write_json(folder / "result.json", record)
+    (folder / "train_state.pt").unlink(missing_ok=True)
+    log(f"{spec.label} seed {seed}: trained in {trained.seconds:.0f} s, test error {100 * metrics['test'][('predictor', 'error')]:.2f}%")
     return record
+
+
+def _start_job(cfg: RunConfig, spec: ModelSpec, seed: int, data: DeviceData, cache_dir: Path):
+    h = cfg.job_hash(spec, seed)
+    folder = job_dir(cache_dir, h)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "job.json", {"job_hash": h, "model": spec.resolved(), "seed": seed, "train": cfg.train.to_dict(), "device": cfg.device})
+    return build_model(spec, seed, cfg, data.num_classes)
+
+
+def train_jobs(cfg: RunConfig, jobs: list[tuple[ModelSpec, int]], data: DeviceData, cache_dir: Path, trainer: str) -> dict:
+    """Train the given (spec, seed) jobs, alone or as populations (same seed and architecture); returns their records.
+
+    Every model draws its training noise from the generator of (seed, registry name), so a model
+    gets the same batches and the same noise on either path."""
+    records: dict[tuple[ModelSpec, int], dict] = {}
+    groups: dict[tuple, list[tuple[ModelSpec, int]]] = {}
+    for spec, seed in jobs:
+        key = (seed, population_key(spec.build())) if trainer == "population" else (spec, seed)
+        groups.setdefault(key, []).append((spec, seed))
+    for group in groups.values():
+        with contextlib.ExitStack() as held:
+            for spec, seed in group:
+                held.enter_context(folder_lock(job_dir(cache_dir, cfg.job_hash(spec, seed)), "job folder", wait=True))
+            # another process may have finished some of these while we waited for their locks
+            for spec, seed in group:
+                if (record := cached_result(cfg, spec, seed, cache_dir)) is not None:
+                    records[(spec, seed)] = record
+            members = [job for job in group if job not in records]
+            if members:
+                records |= _train_group(cfg, members, data, cache_dir)
+    return records
+
+
+def _train_group(cfg: RunConfig, members: list[tuple[ModelSpec, int]], data: DeviceData, cache_dir: Path) -> dict:
+    """Train `members` (same seed) alone or as one population; save each as a finished job."""
+    records = {}
+    models = [_start_job(cfg, spec, seed, data, cache_dir) for spec, seed in members]
+    hashes = [cfg.job_hash(spec, seed) for spec, seed in members]
+    labels = [f"{spec.label} seed {seed}" for spec, seed in members]
+    seed = members[0][1]
+    if len(members) == 1:
+        results = [
+            train_model(
+                models[0], data.train.images, data.train.labels, cfg.train, seed=seed, label=labels[0],
+                checkpoint_path=job_dir(cache_dir, hashes[0]) / "train_state.pt", config_hash=hashes[0], noise_key=members[0][0].name,
+            )
+        ]
+    else:
+        pop_hash = stable_hash(sorted(hashes))
+        state = cache_dir / "populations" / pop_hash[:32] / "train_state.pt"
+        log(f"training a population of {len(members)}: {', '.join(labels)}")
+        results = train_population(
+            models, data.train.images, data.train.labels, cfg.train, seed=seed, labels_of_members=labels,
+            noise_keys=[spec.name for spec, _ in members], checkpoint_path=state, config_hash=pop_hash,
+        )
+    for (spec, s), model, trained in zip(members, models, results):
+        records[(spec, s)] = finish_job(cfg, spec, s, model, trained, data, cache_dir)
+    if len(members) > 1:
+        shutil.rmtree(state.parent, ignore_errors=True)
+    return records
 
 
 def evaluate_job(cfg: RunConfig, spec: ModelSpec, seed: int, data: DeviceData, ood: tuple[str, torch.Tensor] | None, cache_dir: Path) -> list[dict]:
@@ -165,6 +238,11 @@ def evaluate_job(cfg: RunConfig, spec: ModelSpec, seed: int, data: DeviceData, o
     if cfg.eval is None:
         return []
     folder = job_dir(cache_dir, cfg.job_hash(spec, seed))
+    with folder_lock(folder, "job folder", wait=True):
+        return _evaluate_locked(cfg, spec, seed, data, ood, cache_dir, folder)
+
+
+def _evaluate_locked(cfg, spec, seed, data, ood, cache_dir, folder) -> list[dict]:
     label = f"{spec.label} seed {seed}"
     model = None
     records: list[dict] = []
@@ -251,14 +329,22 @@ def run(
     data_dir: Path | None = None,
     retrain: bool = False,
     train: bool = True,
+    trainer: str = "auto",
 ) -> Path:
     """Train (unless `train` is False: `vibbench eval`) and evaluate the run's models; write metrics.csv,
     summary.md, config.json, provenance.json and the report."""
     started = time.perf_counter()
+    # bit-identical reruns on the CPU; on CUDA some kernels have no deterministic variant (warned, see README)
+    torch.use_deterministic_algorithms(True, warn_only=True)
     out_dir = Path(out_dir) if out_dir is not None else Path("results") / cfg.run_id
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     check_writable(out_dir, "output folder")
     check_writable(cache_dir, "cache folder")
+    with folder_lock(out_dir, "output folder", wait=False):
+        return _run_locked(cfg, out_dir, cache_dir, data_dir, retrain, train, trainer, started)
+
+
+def _run_locked(cfg, out_dir, cache_dir, data_dir, retrain, train, trainer, started) -> Path:
     dataset = load_dataset(cfg.train.dataset, data_dir)
     data = device_data(dataset, cfg)
     ood = ood_set(cfg, data_dir)
@@ -266,11 +352,17 @@ def run(
         f"run {cfg.run_id}: {len(cfg.models)} model(s) x {len(cfg.seeds)} seed(s) on {cfg.train.dataset} "
         f"({data.train.labels.shape[0]} training images, {cfg.train.epochs} epoch(s), device {cfg.device})"
     )
+    jobs = [(spec, seed) for seed in cfg.seeds for spec in cfg.models]
+    records = {job: cached_result(cfg, *job, cache_dir, retrain) for job in jobs}
+    pending = [job for job, record in records.items() if record is None]
+    if pending and not train:
+        spec, seed = pending[0]
+        raise VibbenchError(f"{spec.label} seed {seed} has no trained model in {cache_dir}; run `vibbench run` with the same options first")
+    trainer = resolve_trainer(trainer, cfg.device)
+    records |= train_jobs(cfg, pending, data, cache_dir, trainer)
     rows = []
-    for seed in cfg.seeds:
-        for spec in cfg.models:
-            record = run_job(cfg, spec, seed, data, cache_dir, retrain, train)
-            rows += metric_rows(cfg, spec, record, evaluate_job(cfg, spec, seed, data, ood, cache_dir))
+    for spec, seed in jobs:
+        rows += metric_rows(cfg, spec, records[(spec, seed)], evaluate_job(cfg, spec, seed, data, ood, cache_dir))
     df = write_metrics(rows, out_dir / "metrics.csv")
     config = cfg.to_dict() | {"run_id": cfg.run_id, "config_hash": cfg.config_hash}
     if cfg.eval is not None and cfg.eval.attacks is not None:
@@ -288,7 +380,7 @@ def run(
                 "profile": cfg.profile,
                 "wall_seconds": time.perf_counter() - started,
                 "dataset": {"name": dataset.name, "source": dataset.source, "sha256": dataset.sha256},
-                "training_path": "eager, one model at a time",
+                "training_path": {"population": "populations (torch.func vmap over stacked parameters)", "single": "one model at a time"}[trainer],
                 "job_hashes": {f"{s.label} seed {seed}": cfg.job_hash(s, seed) for seed in cfg.seeds for s in cfg.models},
             },
         ),

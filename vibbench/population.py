@@ -31,7 +31,7 @@ from .errors import VibbenchError
 from .losses import training_loss
 from .noise import ModelNoise
 from .progress import bar, log
-from .train import TrainingDiverged, TrainResult, batch_order, ema_decay_at, lr_at, order_generator
+from .train import TrainResult, batch_order, diverged, ema_decay_at, epoch_record, lr_at, order_generator
 
 LOSS_HYPERPARAMETERS = ("beta", "label_smoothing", "confidence_penalty")
 
@@ -147,18 +147,8 @@ def train_population(
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
             mean = (sums / steps_per_epoch).tolist()
-            for r, (loss, ce, kl) in zip(results, mean):
-                r.history.append(
-                    {
-                        "epoch": epoch + 1,
-                        "loss": loss,
-                        "ce": ce,
-                        "kl": kl,
-                        "lr": lr_at(cfg, epoch),
-                        "seconds": seconds,
-                        "examples_per_second": steps_per_epoch * cfg.batch_size / seconds,  # per member
-                    }
-                )
+            for r, means in zip(results, mean):
+                r.history.append(epoch_record(cfg, epoch, means, seconds, steps_per_epoch))  # examples/s per member
                 r.seconds += seconds
             if checkpoint_path is not None:
                 save_checkpoint(
@@ -199,10 +189,6 @@ def _draw(noises: list[ModelNoise], cfg: TrainConfig, dropout_names: list[str], 
 
 
 def _raise_if_member_diverged(bad: torch.Tensor, steps_per_epoch: int, labels: list[str]) -> None:
-    for i, s in enumerate(bad.tolist()):
-        if s >= 0:
-            raise TrainingDiverged(
-                f"training of {labels[i]} diverged: the loss became NaN or inf at epoch {s // steps_per_epoch + 1}, "
-                f"step {s % steps_per_epoch + 1} of {steps_per_epoch}. Lower the learning rate or beta; "
-                "no result was written for this model."
-            )
+    for i, step in enumerate(bad.tolist()):
+        if step >= 0:
+            raise diverged(labels[i], step, steps_per_epoch)

@@ -138,17 +138,7 @@ def train_model(
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
             mean = (sums / steps_per_epoch).tolist()
-            result.history.append(
-                {
-                    "epoch": epoch + 1,
-                    "loss": mean[0],
-                    "ce": mean[1],
-                    "kl": mean[2],
-                    "lr": lr_at(cfg, epoch),
-                    "seconds": seconds,
-                    "examples_per_second": steps_per_epoch * cfg.batch_size / seconds,
-                }
-            )
+            result.history.append(epoch_record(cfg, epoch, mean, seconds, steps_per_epoch))
             result.seconds += seconds
             progress.set_postfix(epoch=epoch + 1, loss=f"{mean[0]:.4f}", ex_s=f"{steps_per_epoch * cfg.batch_size / seconds:.0f}")
             if checkpoint_path is not None:
@@ -176,11 +166,29 @@ def train_model(
     return result
 
 
+def epoch_record(cfg: TrainConfig, epoch: int, means: list[float], seconds: float, steps_per_epoch: int) -> dict:
+    """The history entry of one epoch: mean loss, ce, kl (nats), lr, wall time, examples/s per model."""
+    loss, ce, kl = means
+    return {
+        "epoch": epoch + 1,
+        "loss": loss,
+        "ce": ce,
+        "kl": kl,
+        "lr": lr_at(cfg, epoch),
+        "seconds": seconds,
+        "examples_per_second": steps_per_epoch * cfg.batch_size / seconds,
+    }
+
+
+def diverged(label: str, step: int, steps_per_epoch: int) -> TrainingDiverged:
+    return TrainingDiverged(
+        f"training of {label} diverged: the loss became NaN or inf at epoch {step // steps_per_epoch + 1}, "
+        f"step {step % steps_per_epoch + 1} of {steps_per_epoch}. Lower the learning rate or beta; "
+        "no result was written for this model."
+    )
+
+
 def _raise_if_diverged(bad_step: torch.Tensor, steps_per_epoch: int, label: str) -> None:
     s = int(bad_step)
     if s >= 0:
-        raise TrainingDiverged(
-            f"training of {label} diverged: the loss became NaN or inf at epoch {s // steps_per_epoch + 1}, "
-            f"step {s % steps_per_epoch + 1} of {steps_per_epoch}. Lower the learning rate or beta; "
-            "no result was written for this model."
-        )
+        raise diverged(label, s, steps_per_epoch)

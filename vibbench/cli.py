@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         _run_options(p, PROFILES, DATASETS, DEVICES)
     run.add_argument("--retrain", action="store_true", help="ignore and replace cached jobs of this config")
     run.add_argument("--trainer", default="auto", help="auto, single or population (default auto: populations on CUDA, one at a time on CPU)")
+    for p in (run, evaluate):
+        _executor_options(p)
 
     report = sub.add_parser("report", help="rebuild report.md and figures/ of a results folder from its metrics.csv alone")
     report.add_argument("run_dir", type=Path, metavar="DIR")
@@ -63,17 +65,36 @@ def _run_options(run, PROFILES, DATASETS, DEVICES) -> None:
     run.add_argument("--no-eval", action="store_true", help="clean accuracy only: skip robustness, calibration, OOD and shift")
 
 
+def _executor_options(run) -> None:
+    from .executors import DEFAULT_MAX_RETRIES, EXECUTORS, MAX_RETRIES
+
+    run.add_argument("--executor", default="local", help=f"where the jobs run: one of {', '.join(EXECUTORS)} (default: local, one after the other here)")
+    ray = run.add_argument_group(
+        "Ray executor (pip install 'vibbench[ray]')",
+        "--cache-dir (and --data-dir, unless every node fetches its own copy) must be paths every node of the cluster reaches: a shared filesystem",
+    )
+    ray.add_argument("--ray-address", metavar="ADDRESS", help="the cluster to use: HOST:PORT or auto (default: $RAY_ADDRESS if set, else start a local Ray instance)")
+    ray.add_argument("--ray-cpus-per-job", type=_positive_int, metavar="N", help="CPUs declared per job, also its torch threads (default: 1)")
+    ray.add_argument("--ray-gpus-per-job", type=float, metavar="F", help="fraction of a GPU per job with --device cuda, in (0, 1] (default: 1)")
+    ray.add_argument("--ray-max-retries", type=int, metavar="N", help=f"retries of a job whose worker died or hit a transient error, 0 to {MAX_RETRIES} (default: {DEFAULT_MAX_RETRIES})")
+
+
 def cmd_run(args) -> None:
     from .config import make_run_config
+    from .executors import make_executor
     from .runner import resolve_trainer, run
 
     cfg = make_run_config(
-        args.profile, models=args.models, seeds=args.seeds, dataset=args.dataset, device=args.device, epochs=args.epochs, evaluate=not args.no_eval,
-        precision=args.precision,
+        args.profile, models=args.models, seeds=args.seeds, dataset=args.dataset, device=args.device, epochs=args.epochs,
+        evaluate=not args.no_eval, precision=args.precision, local_device=args.executor != "ray",
     )
     train = args.command == "run"
     if train:
         resolve_trainer(args.trainer, cfg.device)  # a bad --trainer fails before anything runs
+    executor = make_executor(
+        args.executor, device=cfg.device, address=args.ray_address, cpus_per_job=args.ray_cpus_per_job,
+        gpus_per_job=args.ray_gpus_per_job, max_retries=args.ray_max_retries,
+    )
     out = run(
         cfg,
         out_dir=args.out,
@@ -82,6 +103,7 @@ def cmd_run(args) -> None:
         retrain=train and args.retrain,
         train=train,
         trainer=args.trainer if train else "auto",
+        executor=executor,
     )
     print(out)
 

@@ -257,14 +257,16 @@ class RunConfig:
         )
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str, local: bool = True) -> str:
+    """"auto" becomes cuda when this machine has it; with local=False (the jobs run on other machines,
+    `--executor ray`) "cuda" is not checked here: the cluster's nodes must have GPUs."""
     import torch
 
     if device not in DEVICES:
         raise VibbenchError(unknown_name_message("device", device, DEVICES))
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and local and not torch.cuda.is_available():
         raise VibbenchError("--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
     return device
 
@@ -279,8 +281,10 @@ def make_run_config(
     epochs: int | None = None,
     evaluate: bool = True,
     precision: str | None = None,
+    local_device: bool = True,
 ) -> RunConfig:
-    """Resolve a profile plus command-line overrides (None means: the profile's value)."""
+    """Resolve a profile plus command-line overrides (None means: the profile's value); local_device=False:
+    the jobs run elsewhere, so --device cuda needs no GPU on this machine."""
     if profile not in PROFILES:
         raise VibbenchError(unknown_name_message("profile", profile, tuple(PROFILES)))
     prof = PROFILES[profile]
@@ -293,6 +297,6 @@ def make_run_config(
         train=train,
         models=parse_model_specs(models or prof.models),
         seeds=tuple(range(seeds or prof.seeds)),
-        device=resolve_device(device),
+        device=resolve_device(device, local_device),
         eval=prof.eval if evaluate else None,
     )

@@ -37,6 +37,9 @@ from .train import train_model
 
 RESULT_FORMAT = "vibbench-job-1"
 
+Job = tuple[ModelSpec, int]
+"""One (model, seed): a trained model and its evaluation, named by `RunConfig.job_hash`."""
+
 
 def default_cache_dir() -> Path:
     if os.environ.get("VIBBENCH_CACHE_DIR"):
@@ -180,17 +183,23 @@ def _start_job(cfg: RunConfig, spec: ModelSpec, seed: int, data: DeviceData, cac
     return build_model(spec, seed, cfg, data.num_classes)
 
 
+def training_groups(jobs: list[Job], trainer: str) -> list[list[Job]]:
+    """The jobs trained together: one model each, or with the population trainer every job of a seed
+    whose model stacks with the others (same architecture)."""
+    groups: dict[tuple, list[Job]] = {}
+    for spec, seed in jobs:
+        key = (seed, population_key(spec.build())) if trainer == "population" else (spec, seed)
+        groups.setdefault(key, []).append((spec, seed))
+    return list(groups.values())
+
+
 def train_jobs(cfg: RunConfig, jobs: list[tuple[ModelSpec, int]], data: DeviceData, cache_dir: Path, trainer: str) -> dict:
     """Train the given (spec, seed) jobs, alone or as populations (same seed and architecture); returns their records.
 
     Every model draws its training noise from the generator of (seed, registry name), so a model
     gets the same batches and the same noise on either path."""
     records: dict[tuple[ModelSpec, int], dict] = {}
-    groups: dict[tuple, list[tuple[ModelSpec, int]]] = {}
-    for spec, seed in jobs:
-        key = (seed, population_key(spec.build())) if trainer == "population" else (spec, seed)
-        groups.setdefault(key, []).append((spec, seed))
-    for group in groups.values():
+    for group in training_groups(jobs, trainer):
         with contextlib.ExitStack() as held:
             for spec, seed in group:
                 held.enter_context(folder_lock(job_dir(cache_dir, cfg.job_hash(spec, seed)), "job folder", wait=True))
@@ -239,18 +248,39 @@ def evaluate_job(cfg: RunConfig, spec: ModelSpec, seed: int, data: DeviceData, o
         return []
     folder = job_dir(cache_dir, cfg.job_hash(spec, seed))
     with folder_lock(folder, "job folder", wait=True):
-        return _evaluate_locked(cfg, spec, seed, data, ood, cache_dir, folder)
+        return _evaluate_locked(cfg, spec, seed, data, ood, cache_dir)
 
 
-def _evaluate_locked(cfg, spec, seed, data, ood, cache_dir, folder) -> list[dict]:
+def eval_sections(cfg: RunConfig) -> list[str]:
+    """The harness sections a run measures (none with --no-eval)."""
+    if cfg.eval is None:
+        return []
+    skipped = {"robustness": cfg.eval.attacks is None, "ood": not cfg.eval.ood}
+    return [section for section in SECTIONS if not skipped.get(section, False)]
+
+
+def _eval_path(cfg: RunConfig, spec: ModelSpec, seed: int, section: str, cache_dir: Path) -> tuple[Path, str]:
+    h = cfg.eval_hash(spec, seed, section)
+    return job_dir(cache_dir, cfg.job_hash(spec, seed)) / f"eval-{section}-{h[:16]}.json", h
+
+
+def cached_evaluation(cfg: RunConfig, spec: ModelSpec, seed: int, cache_dir: Path) -> list[dict] | None:
+    """The evaluation records of a job whose every section is cached, else None."""
+    records: list[dict] = []
+    for section in eval_sections(cfg):
+        cached = _read_eval(*_eval_path(cfg, spec, seed, section, cache_dir))
+        if cached is None:
+            return None
+        records += cached
+    return records
+
+
+def _evaluate_locked(cfg, spec, seed, data, ood, cache_dir) -> list[dict]:
     label = f"{spec.label} seed {seed}"
     model = None
     records: list[dict] = []
-    for section in SECTIONS:
-        if section == "robustness" and cfg.eval.attacks is None or section == "ood" and ood is None:
-            continue
-        h = cfg.eval_hash(spec, seed, section)
-        path = folder / f"eval-{section}-{h[:16]}.json"
+    for section in eval_sections(cfg):
+        path, h = _eval_path(cfg, spec, seed, section, cache_dir)
         cached = _read_eval(path, h)
         if cached is None:
             if model is None:
@@ -322,6 +352,24 @@ def metric_rows(cfg: RunConfig, spec: ModelSpec, record: dict, eval_records: lis
     return rows
 
 
+def job_data(cfg: RunConfig, data_dir: Path | None, dataset: Dataset | None = None) -> tuple[DeviceData, tuple[str, torch.Tensor] | None]:
+    """The run's splits on the device and its OOD set (loaded from `data_dir` unless `dataset` is given)."""
+    dataset = dataset if dataset is not None else load_dataset(cfg.train.dataset, data_dir)
+    return device_data(dataset, cfg), ood_set(cfg, data_dir)
+
+
+def run_unit(cfg: RunConfig, members: list[Job], cache_dir: Path, data_dir: Path | None, trainer: str, data=None) -> list[tuple[dict, list[dict]]]:
+    """One unit of a sweep: train `members` (one model, or one population) unless cached, then evaluate each.
+
+    Its arguments are plain picklable values, so an executor may run it in another process or on
+    another machine: it loads the data itself unless `data` (a `job_data` pair) is given; every file
+    it writes goes to the job folders under `cache_dir`. Returns (result record, evaluation records)
+    per member, in order."""
+    data, ood = data if data is not None else job_data(cfg, data_dir)
+    records = train_jobs(cfg, members, data, cache_dir, trainer)
+    return [(records[job], evaluate_job(cfg, *job, data, ood, cache_dir)) for job in members]
+
+
 def run(
     cfg: RunConfig,
     out_dir: Path | None = None,
@@ -330,39 +378,52 @@ def run(
     retrain: bool = False,
     train: bool = True,
     trainer: str = "auto",
+    executor=None,
 ) -> Path:
     """Train (unless `train` is False: `vibbench eval`) and evaluate the run's models; write metrics.csv,
-    summary.md, config.json, provenance.json and the report."""
+    summary.md, config.json, provenance.json and the report. The jobs not finished in the cache run on
+    `executor` (default: `LocalExecutor`, one after the other in this process)."""
+    from .executors import LocalExecutor
+
     started = time.perf_counter()
-    # bit-identical reruns on the CPU; on CUDA some kernels have no deterministic variant (warned, see README)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic()
     out_dir = Path(out_dir) if out_dir is not None else Path("results") / cfg.run_id
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    # absolute: the executor's workers may not share this process's working directory
+    cache_dir = (Path(cache_dir) if cache_dir is not None else default_cache_dir()).absolute()
+    data_dir = Path(data_dir).absolute() if data_dir is not None else None
     check_writable(out_dir, "output folder")
     check_writable(cache_dir, "cache folder")
     with folder_lock(out_dir, "output folder", wait=False):
-        return _run_locked(cfg, out_dir, cache_dir, data_dir, retrain, train, trainer, started)
+        return _run_locked(cfg, out_dir, cache_dir, data_dir, retrain, train, trainer, executor or LocalExecutor(), started)
 
 
-def _run_locked(cfg, out_dir, cache_dir, data_dir, retrain, train, trainer, started) -> Path:
+def deterministic() -> None:
+    """Bit-identical reruns on the CPU; on CUDA some kernels have no deterministic variant (warned, see README)."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _run_locked(cfg, out_dir, cache_dir, data_dir, retrain, train, trainer, executor, started) -> Path:
     dataset = load_dataset(cfg.train.dataset, data_dir)
-    data = device_data(dataset, cfg)
-    ood = ood_set(cfg, data_dir)
     log(
         f"run {cfg.run_id}: {len(cfg.models)} model(s) x {len(cfg.seeds)} seed(s) on {cfg.train.dataset} "
-        f"({data.train.labels.shape[0]} training images, {cfg.train.epochs} epoch(s), device {cfg.device})"
+        f"({len(dataset.train.labels[: cfg.train.max_train_examples])} training images, {cfg.train.epochs} epoch(s), device {cfg.device})"
     )
     jobs = [(spec, seed) for seed in cfg.seeds for spec in cfg.models]
-    records = {job: cached_result(cfg, *job, cache_dir, retrain) for job in jobs}
-    pending = [job for job, record in records.items() if record is None]
+    trained = {job: cached_result(cfg, *job, cache_dir, retrain) for job in jobs}
+    pending = [job for job, record in trained.items() if record is None]
     if pending and not train:
         spec, seed = pending[0]
         raise VibbenchError(f"{spec.label} seed {seed} has no trained model in {cache_dir}; run `vibbench run` with the same options first")
     trainer = resolve_trainer(trainer, cfg.device)
-    records |= train_jobs(cfg, pending, data, cache_dir, trainer)
+    results: dict[Job, tuple[dict, list[dict]]] = {}
+    for job, record in trained.items():
+        if record is not None and (evaluated := cached_evaluation(cfg, *job, cache_dir)) is not None:
+            results[job] = (record, evaluated)
+    units = training_groups([job for job in jobs if job not in results], trainer)
+    results |= executor.run_units(cfg, units, cache_dir, data_dir, trainer, dataset)
     rows = []
     for spec, seed in jobs:
-        rows += metric_rows(cfg, spec, records[(spec, seed)], evaluate_job(cfg, spec, seed, data, ood, cache_dir))
+        rows += metric_rows(cfg, spec, *results[(spec, seed)])
     df = write_metrics(rows, out_dir / "metrics.csv")
     config = cfg.to_dict() | {"run_id": cfg.run_id, "config_hash": cfg.config_hash}
     if cfg.eval is not None and cfg.eval.attacks is not None:
@@ -381,6 +442,7 @@ def _run_locked(cfg, out_dir, cache_dir, data_dir, retrain, train, trainer, star
                 "wall_seconds": time.perf_counter() - started,
                 "dataset": {"name": dataset.name, "source": dataset.source, "sha256": dataset.sha256},
                 "training_path": {"population": "populations (torch.func vmap over stacked parameters)", "single": "one model at a time"}[trainer],
+                "executor": executor.describe(),
                 "job_hashes": {f"{s.label} seed {seed}": cfg.job_hash(s, seed) for seed in cfg.seeds for s in cfg.models},
             },
         ),

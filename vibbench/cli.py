@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import VibbenchError
+from .errors import VibbenchError, describe_os_error
 
 
 def _positive_int(text: str) -> int:
@@ -122,7 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nvibbench: interrupted. Finished models and the last epoch checkpoint are kept; rerun the same command to resume.", file=sys.stderr)
         return 130
+    except OSError as exc:  # disk full, read-only or vanished folders while running
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"vibbench: error: {where}{describe_os_error(exc)}. {RESUME_HINT}", file=sys.stderr)
+        return 2
     return 0
+
+
+RESUME_HINT = "Finished models and the last epoch checkpoint are kept; fix it and rerun the same command to resume."
 
 
 if __name__ == "__main__":

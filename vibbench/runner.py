@@ -12,18 +12,19 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write_bytes, atomic_write_text
+from .atomic import atomic_write_text, remove_stale_temps
 from .attacks import autoattack_label
 from .checkpoints import load_checkpoint, save_checkpoint
 from .config import ModelSpec, RunConfig, stable_hash
 from .data import Dataset, Split, load_dataset
-from .errors import VibbenchError
+from .errors import VibbenchError, describe_os_error
 from .evaluate import clean_metrics
 from .locks import folder_lock
 from .harness import OOD_PAIRS, SECTIONS, calibration_records, noise_images, ood_records, robustness_records, shift_records
@@ -45,15 +46,26 @@ def default_cache_dir() -> Path:
     return base / "vibbench"
 
 
+PROBE_BYTES = 65536
+"""check_writable writes this much: a folder that cannot take 64 KiB cannot take a checkpoint."""
+
+
 def check_writable(folder: Path, what: str) -> None:
     """Fail before any training if `folder` cannot take a file (read-only, missing permissions, disk full)."""
+    probe = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        atomic_write_bytes(probe, b"\0" * 65536)
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=f".write-test.{os.getpid()}.", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\0" * PROBE_BYTES)
+            f.flush()
+            os.fsync(f.fileno())
     except OSError as exc:
-        raise VibbenchError(f"cannot write to the {what} {folder}: {exc.strerror or exc}. Choose another folder or free space.") from None
+        raise VibbenchError(f"cannot write to the {what} {folder}: {describe_os_error(exc)}. Choose another folder or free space.") from None
+    finally:
+        if probe is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
 
 
 @dataclass
@@ -196,6 +208,7 @@ def train_jobs(cfg: RunConfig, jobs: list[tuple[ModelSpec, int]], data: DeviceDa
                 held.enter_context(folder_lock(job_dir(cache_dir, cfg.job_hash(spec, seed)), "job folder", wait=True))
             # another process may have finished some of these while we waited for their locks
             for spec, seed in group:
+                remove_stale_temps(job_dir(cache_dir, cfg.job_hash(spec, seed)))
                 if (record := cached_result(cfg, spec, seed, cache_dir)) is not None:
                     records[(spec, seed)] = record
             members = [job for job in group if job not in records]
@@ -221,6 +234,7 @@ def _train_group(cfg: RunConfig, members: list[tuple[ModelSpec, int]], data: Dev
     else:
         pop_hash = stable_hash(sorted(hashes))
         state = cache_dir / "populations" / pop_hash[:32] / "train_state.pt"
+        remove_stale_temps(state.parent)
         log(f"training a population of {len(members)}: {', '.join(labels)}")
         results = train_population(
             models, data.train.images, data.train.labels, cfg.train, seed=seed, labels_of_members=labels,
@@ -239,6 +253,7 @@ def evaluate_job(cfg: RunConfig, spec: ModelSpec, seed: int, data: DeviceData, o
         return []
     folder = job_dir(cache_dir, cfg.job_hash(spec, seed))
     with folder_lock(folder, "job folder", wait=True):
+        remove_stale_temps(folder)
         return _evaluate_locked(cfg, spec, seed, data, ood, cache_dir, folder)
 
 
@@ -341,6 +356,9 @@ def run(
     check_writable(out_dir, "output folder")
     check_writable(cache_dir, "cache folder")
     with folder_lock(out_dir, "output folder", wait=False):
+        # what killed runs left half-written: their temporary files (targets are replaced atomically)
+        remove_stale_temps(out_dir, recursive=True)
+        remove_stale_temps(cache_dir)
         return _run_locked(cfg, out_dir, cache_dir, data_dir, retrain, train, trainer, started)
 
 

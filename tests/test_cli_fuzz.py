@@ -12,7 +12,7 @@ values = st.one_of(text, st.integers(-5, 10**6).map(str), st.floats(allow_nan=Tr
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(option=st.sampled_from(["--profile", "--models", "--seeds", "--dataset", "--device", "--epochs", "--trainer"]), value=values)
+@given(option=st.sampled_from(["--profile", "--models", "--seeds", "--dataset", "--device", "--epochs", "--trainer", "--config"]), value=values)
 def test_random_option_values_give_a_clean_error_or_a_valid_config(option, value, monkeypatch, capsys):
     ran = []
     monkeypatch.setattr(runner, "run", lambda cfg, **kw: ran.append(cfg) or "out")

@@ -1,11 +1,17 @@
 """`vibbench run` end to end on synthetic data: files, cache hit and miss, bad input."""
 
+import hashlib
+import importlib.metadata
 import json
+import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
+import vibbench
+from vibbench import data
 from vibbench.checkpoints import save_checkpoint
 from vibbench.cli import main
 from vibbench.config import make_run_config
@@ -41,6 +47,7 @@ def test_smoke_run_writes_results_and_reuses_the_cache(dirs, capsys, monkeypatch
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["config_hash"] == config["config_hash"] and prov["versions"]["torch"] == torch.__version__.split("+")[0]
     assert prov["seeds"] == [0] and prov["dataset"]["name"] == "synthetic"
+    assert_provenance_suffices_to_rerun(out, prov, config, monkeypatch)
 
     # a second run of the same config trains nothing: any training would fail
     import vibbench.runner as runner
@@ -60,6 +67,30 @@ def test_smoke_run_writes_results_and_reuses_the_cache(dirs, capsys, monkeypatch
     # a changed config is a different job: it must train (and so hits the trap)
     with pytest.raises(Trained):
         run_cli("--models", "mlp_vib:beta=1e-2", "--out", str(out), "--cache-dir", str(cache))
+
+
+def assert_provenance_suffices_to_rerun(out, prov, config, monkeypatch):
+    """Versions, device, git state and data hashes checked against their own sources; options.json reruns the config."""
+    for lib in ("torch", "torchvision", "torchattacks", "numpy"):
+        assert prov["versions"][lib] == importlib.metadata.version(lib)
+    assert prov["device"] == "cpu" and prov["device_name"]
+    here = Path(vibbench.__file__).parent
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True)
+    if head.returncode == 0:
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True)
+        assert prov["git"] == {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    arrays = data._synthetic_arrays()
+    for key in ("train_images", "train_labels", "test_images", "test_labels"):
+        assert prov["dataset"]["sha256"][key] == hashlib.sha256(arrays[key].tobytes()).hexdigest()
+    options = json.loads((out / "options.json").read_text())
+    assert options == prov["options"] and options["train"]["lr"] == 1e-4
+    import vibbench.runner as runner
+
+    rerun = []
+    with monkeypatch.context() as m:
+        m.setattr(runner, "run", lambda cfg, **kw: rerun.append(cfg) or out)
+        assert main(["run", "--config", str(out / "options.json")]) == 0
+    assert rerun[0].config_hash == config["config_hash"]
 
 
 def test_changed_config_changes_the_hash():

@@ -50,11 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_options(run, PROFILES, DATASETS, DEVICES) -> None:
-    run.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)} (default: quick)")
+    # no defaults here: an option left out falls back to the --config file, then to the profile
+    run.add_argument("--config", type=Path, metavar="FILE", help="options from a TOML or JSON file (*.toml, *.json); options given here override it")
+    run.add_argument("--profile", help=f"one of {', '.join(PROFILES)} (default: quick)")
     run.add_argument("--models", nargs="+", metavar="PATTERN", help="shell-style patterns, optionally NAME:beta=1e-2 (default: the profile's)")
     run.add_argument("--seeds", type=_positive_int, metavar="N", help="train seeds 0..N-1 (default: the profile's)")
     run.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} (default: mnist)")
-    run.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (default: auto)")
+    run.add_argument("--device", help=f"one of {', '.join(DEVICES)} (default: auto)")
     run.add_argument("--epochs", type=_positive_int, help="override the profile's number of epochs")
     run.add_argument("--out", type=Path, help="output folder (default: results/<run id>)")
     run.add_argument("--cache-dir", type=Path, help="checkpoints and job results (default: $VIBBENCH_CACHE_DIR or ~/.cache/vibbench)")
@@ -62,13 +64,28 @@ def _run_options(run, PROFILES, DATASETS, DEVICES) -> None:
     run.add_argument("--no-eval", action="store_true", help="clean accuracy only: skip robustness, calibration, OOD and shift")
 
 
+def run_options(args) -> dict:
+    """The run's options: the --config file's, overridden by the options given on the command line."""
+    from .config_file import check_option, load_options
+
+    options = load_options(args.config) if args.config is not None else {}
+    given = {
+        "profile": args.profile,
+        "models": args.models,
+        "seeds": args.seeds,
+        "dataset": args.dataset,
+        "device": args.device,
+        "epochs": args.epochs,
+        "no_eval": True if args.no_eval else None,
+    }
+    return options | {k: check_option(k, v, "--" + k.replace("_", "-")) for k, v in given.items() if v is not None}
+
+
 def cmd_run(args) -> None:
-    from .config import make_run_config
+    from .config_file import run_config_from_options
     from .runner import resolve_trainer, run
 
-    cfg = make_run_config(
-        args.profile, models=args.models, seeds=args.seeds, dataset=args.dataset, device=args.device, epochs=args.epochs, evaluate=not args.no_eval
-    )
+    cfg = run_config_from_options(run_options(args))
     train = args.command == "run"
     if train:
         resolve_trainer(args.trainer, cfg.device)  # a bad --trainer fails before anything runs

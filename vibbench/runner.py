@@ -23,6 +23,7 @@ from .atomic import atomic_write_text, remove_stale_temps
 from .attacks import autoattack_label
 from .checkpoints import load_checkpoint, save_checkpoint
 from .config import ModelSpec, RunConfig, stable_hash
+from .config_file import options_of
 from .data import Dataset, Split, load_dataset
 from .errors import VibbenchError, describe_os_error
 from .evaluate import clean_metrics
@@ -386,6 +387,8 @@ def _run_locked(cfg, out_dir, cache_dir, data_dir, retrain, train, trainer, star
     if cfg.eval is not None and cfg.eval.attacks is not None:
         config["eval"]["autoattack_label"] = autoattack_label(cfg.eval.attacks)
     write_json(out_dir / "config.json", config)
+    options = options_of(cfg)
+    write_json(out_dir / "options.json", options)  # `vibbench run --config DIR/options.json` reruns this config
     atomic_write_text(out_dir / "summary.md", summary_markdown(df, title=f"vibbench run {cfg.run_id}"))
     write_json(
         out_dir / "provenance.json",
@@ -396,6 +399,7 @@ def _run_locked(cfg, out_dir, cache_dir, data_dir, retrain, train, trainer, star
             device=cfg.device,
             extra={
                 "profile": cfg.profile,
+                "options": options,
                 "wall_seconds": time.perf_counter() - started,
                 "dataset": {"name": dataset.name, "source": dataset.source, "sha256": dataset.sha256},
                 "training_path": {"population": "populations (torch.func vmap over stacked parameters)", "single": "one model at a time"}[trainer],

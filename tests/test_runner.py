@@ -212,3 +212,34 @@ def test_same_config_and_seed_give_bit_identical_metrics(tmp_path):
     assert outs[0] == outs[1]
     assert b"seconds" not in outs[0]  # wall times live in timing.csv
     assert (tmp_path / "out0" / "timing.csv").read_text().count("examples_per_second") == 2
+
+
+def test_a_diverging_model_stops_the_run_with_a_message_and_no_nan_is_written(dirs, capsys):
+    """A real divergence: beta = 1e37 makes beta * KL overflow float32 at the first step."""
+    out, cache = dirs
+    for attempt in range(2):  # the same message again on a rerun: nothing half-finished is reused
+        assert run_cli("--models", "mlp_deterministic", "mlp_vib:beta=1e37", "--out", str(out), "--cache-dir", str(cache)) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert err.strip().splitlines()[-1] == (
+            "vibbench: error: training of mlp_vib:beta=1e+37 seed 0 diverged: the loss became NaN or inf at epoch 1, step 1 of 10. "
+            "Lower the learning rate or beta; no result was written for this model."
+        )
+        assert not (out / "metrics.csv").exists() and len(list(cache.glob("jobs/*/result.json"))) == 1  # the deterministic model's
+
+
+def test_non_finite_metrics_are_refused_even_when_the_loss_stayed_finite(dirs, capsys, monkeypatch):
+    import vibbench.runner as runner
+    from vibbench.train import TrainResult
+
+    def broken_training(model, *args, **kwargs):
+        with torch.no_grad():
+            model.decoder.weight.fill_(float("nan"))
+        return TrainResult(history=[{"epoch": 1, "loss": 1.0, "ce": 1.0, "kl": 0.0, "lr": 1e-4, "seconds": 1.0, "examples_per_second": 1.0}])
+
+    monkeypatch.setattr(runner, "train_model", broken_training)
+    out, cache = dirs
+    assert run_cli("--models", "mlp_vib", "--out", str(out), "--cache-dir", str(cache)) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("vibbench: error: mlp_vib seed 0 diverged: non-finite val predictor nll") and "no result was written" in last
+    assert not list(cache.glob("jobs/*/result.json")) and not list(cache.glob("jobs/*/model.pt"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -35,7 +36,7 @@ from .report import write_report
 from .results import summary_markdown, write_json, write_metrics
 from .population import population_key, train_population
 from .registry import unknown_name_message
-from .train import train_model
+from .train import TrainingDiverged, train_model
 
 RESULT_FORMAT = "vibbench-job-1"
 
@@ -163,12 +164,19 @@ def finish_job(cfg: RunConfig, spec: ModelSpec, seed: int, model, trained, data:
     """Save a freshly trained model and its clean metrics as the job's result."""
     h = cfg.job_hash(spec, seed)
     folder = job_dir(cache_dir, h)
-    save_checkpoint(folder / "model.pt", model.state_dict(), h)
     t0 = time.perf_counter()
     metrics = {
         split: clean_metrics(model, s.images, s.labels, batch_size=cfg.train.eval_batch_size, seed=seed)
         for split, s in (("val", data.val), ("test", data.test))
     }
+    bad = [f"{split} {mode} {metric}" for split, d in metrics.items() for (mode, metric), v in d.items() if not math.isfinite(v)]
+    bad += [f"epoch {e['epoch']} {k}" for e in trained.history for k in ("loss", "ce", "kl") if not math.isfinite(e[k])]
+    if bad:
+        raise TrainingDiverged(
+            f"{spec.label} seed {seed} diverged: non-finite {', '.join(bad[:4])}. Lower the learning rate or beta; "
+            "no result was written for this model."
+        )
+    save_checkpoint(folder / "model.pt", model.state_dict(), h)
     record = {
         "format": RESULT_FORMAT,
         "job_hash": h,

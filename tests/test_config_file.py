@@ -3,6 +3,7 @@
 import json
 import math
 import tomllib
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -81,7 +82,7 @@ def test_options_of_a_config_rebuild_it_exactly(tmp_path):
         ("run.toml", b"profile = \"smoke\"\n\xff\xfe", "is not UTF-8 text (byte 0xff at offset 18)"),
         ("run.toml", "epochs = 3\nseeds = ]", "is not valid TOML: Invalid value (at line 2, column 9)"),
         ("run.json", "{", "is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
-        ("run.json", "[1, 2]", "must hold a table of fields (profile, models, seeds, dataset, device, epochs, no_eval, train), not a list [1, 2]"),
+        ("run.json", "[1, 2]", "must be a table of fields (profile, models, seeds, dataset, device, epochs, no_eval, train), got a list [1, 2]"),
         ("run.json", "[" * 100_000, "is not valid JSON: nested too deeply"),
         ("run.yaml", "epochs: 3", "name it *.toml or *.json (the extension picks the format), not '.yaml'"),
         ("run.toml", "epoch = 3", "unknown field 'epoch'. Did you mean epochs? Known: profile, models, seeds, dataset, device, epochs, no_eval, train."),
@@ -242,3 +243,12 @@ def test_numbers_from_files_are_normalized_so_one_config_has_one_hash(tmp_path):
     a = run_config_from_options(load_options(write(tmp_path, "a.toml", "[train]\nlr_decay = 1\nema_decay = 0")))
     b = run_config_from_options(load_options(write(tmp_path, "b.toml", "[train]\nlr_decay = 1.0\nema_decay = 0.0")))
     assert a.config_hash == b.config_hash and math.isclose(a.train.lr_decay, 1.0)
+
+
+def test_the_readme_example_is_a_valid_config_file(tmp_path):
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    options = load_options(write(tmp_path, "readme.toml", example))
+    assert set(options) == set(OPTION_FIELDS)
+    cfg = run_config_from_options(options | {"device": "cpu"})
+    assert cfg.seeds == (0, 1, 2) and cfg.train.epochs == 20 and cfg.train.adam_betas == (0.5, 0.999)

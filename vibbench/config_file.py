@@ -67,14 +67,7 @@ def load_options(path: str | Path) -> dict:
 
 def validate_options(doc, where: str = "config") -> dict:
     """Check a decoded config document field by field; return the options with numbers normalized."""
-    if not isinstance(doc, dict):
-        raise VibbenchError(f"{where} must hold a table of fields ({', '.join(OPTION_FIELDS)}), not {_show(doc)}")
-    options = {}
-    for key, value in doc.items():
-        if key not in OPTION_FIELDS:
-            raise VibbenchError(f"{where}: " + unknown_name_message("field", str(key), OPTION_FIELDS))
-        options[key] = check_option(key, value, f"{where}: {key}")
-    return options
+    return _check_table(doc, where, "field", _CHECKS, ": ")
 
 
 def check_option(key: str, value, where: str):
@@ -201,14 +194,20 @@ _TRAIN_CHECKS = {
 _TRAIN_FIELD_CHECKS = {f.name: _TRAIN_CHECKS[f.type] for f in dataclasses.fields(TrainConfig) if f.name in TRAIN_FIELDS}
 
 
+def _check_table(doc, where: str, kind: str, checks: dict, sep: str) -> dict:
+    """Check each entry of a table with checks[key] (named `where` + sep + key); unknown keys are refused, listing the known ones."""
+    if not isinstance(doc, dict):
+        raise VibbenchError(f"{where} must be a table of {kind}s ({', '.join(checks)}), got {_show(doc)}")
+    checked = {}
+    for key, value in doc.items():
+        if key not in checks:
+            raise VibbenchError(f"{where}: " + unknown_name_message(kind, str(key), tuple(checks)))
+        checked[key] = checks[key](value, f"{where}{sep}{key}")
+    return checked
+
+
 def _train(value, where):
-    if not isinstance(value, dict):
-        raise VibbenchError(f"{where} must be a table of training fields ({', '.join(TRAIN_FIELDS)}), got {_show(value)}")
-    train = {}
-    for key, item in value.items():
-        if key not in TRAIN_FIELDS:
-            raise VibbenchError(f"{where}: " + unknown_name_message("training field", str(key), TRAIN_FIELDS))
-        train[key] = _TRAIN_FIELD_CHECKS[key](item, f"{where}.{key}")
+    train = _check_table(value, where, "training field", _TRAIN_FIELD_CHECKS, ".")
     try:  # the ranges (lr in (0, 1), ...) are TrainConfig's own checks
         dataclasses.replace(TrainConfig(), **train)
     except VibbenchError as exc:

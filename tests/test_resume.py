@@ -1,28 +1,68 @@
-"""Faults injected into a real `vibbench run` process: SIGKILL at random moments, SIGINT, a second process."""
+"""Faults injected into a real `vibbench run` process: SIGKILL in each phase and at random moments, SIGINT, a second process.
+
+Kills are timed by the run's own log lines (read from its stderr as it runs), so "during evaluation"
+means what it says; where a kill lands is then checked from what is on disk.
+"""
 
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 ARGS = ["run", "--profile", "smoke", "--dataset", "synthetic", "--models", "mlp_dropout", "mlp_vib", "--epochs", "3"]
+SECTIONS = 8  # evaluation sections on disk when both models are evaluated (4 each)
 
 
-def start(out, cache, extra=()):
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "vibbench", *ARGS, "--out", str(out), "--cache-dir", str(cache), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+class Run:
+    """A `vibbench run` subprocess whose stderr lines are collected as they arrive."""
+
+    def __init__(self, out, cache, extra=()):
+        env = os.environ | {"PYTHONUNBUFFERED": "1"}
+        self.p = subprocess.Popen([sys.executable, "-m", "vibbench", *ARGS, "--out", str(out), "--cache-dir", str(cache), *extra],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.p.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout: float = 300) -> None:
+        """Block until a line containing `text` has been printed (fails if the run ends first)."""
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in list(self.lines)):
+            assert self.p.poll() is None or self.reader.is_alive(), f"the run ended before printing {text!r}:\n{self.err}"
+            assert time.monotonic() < deadline, f"no {text!r} within {timeout} s:\n{self.err}"
+            time.sleep(0.005)
+
+    def kill(self, sig=signal.SIGKILL) -> bool:
+        """Send `sig`; True if the process was still running to receive it."""
+        alive = self.p.poll() is None
+        self.p.send_signal(sig)
+        self.finish()
+        return alive
+
+    def finish(self, timeout: float = 600) -> int:
+        self.p.wait(timeout=timeout)
+        self.reader.join(timeout=30)
+        return self.p.returncode
+
+    @property
+    def err(self) -> str:
+        return "".join(self.lines)
 
 
-def finish(out, cache):
-    p = start(out, cache)
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err
-    return err
+def complete(out, cache) -> str:
+    run = Run(out, cache)
+    assert run.finish() == 0, run.err
+    assert "Traceback" not in run.err
+    return run.err
 
 
 def no_partial_files(*folders):
@@ -31,52 +71,110 @@ def no_partial_files(*folders):
             assert not [f for f in files if f.endswith(".tmp")], (root, files)
 
 
+def on_disk(out, cache) -> dict:
+    """What a killed run left: finished jobs, evaluated sections, results written."""
+    return {
+        "trained": len(list(cache.glob("jobs/*/result.json"))),
+        "evaluated": len(list(cache.glob("jobs/*/eval-*.json"))),
+        "metrics": (out / "metrics.csv").exists(),
+    }
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     base = tmp_path_factory.mktemp("ref")
-    finish(base / "out", base / "cache")
+    complete(base / "out", base / "cache")
     return (base / "out" / "metrics.csv").read_bytes()
 
 
-def kill_and_resume(tmp_path, reference, delays):
+def test_sigkill_during_training_and_during_evaluation_then_resume_gives_identical_metrics(tmp_path, reference):
     out, cache = tmp_path / "out", tmp_path / "cache"
-    for delay in delays:
-        p = start(out, cache)
-        time.sleep(delay)
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-    err = finish(out, cache)
+
+    run = Run(out, cache)
+    run.wait_for("mlp_dropout seed 0: trained in")  # the second model is training now
+    assert run.kill()
+    assert on_disk(out, cache) == {"trained": 1, "evaluated": 0, "metrics": False}
+
+    run = Run(out, cache)
+    run.wait_for("mlp_dropout seed 0: calibration evaluated")  # three more sections of this model, then four of the other
+    assert run.kill()
+    assert "mlp_dropout seed 0: trained model cached" in run.err  # the finished model was not retrained
+    left = on_disk(out, cache)
+    assert left["trained"] == 2 and 1 <= left["evaluated"] < SECTIONS and not left["metrics"], left
+
+    err = complete(out, cache)
+    assert err.count("trained model cached") == 2 and "trained in" not in err  # nothing trained again
+    assert err.count("evaluated in") == SECTIONS - left["evaluated"]  # finished sections were reused
     no_partial_files(out, cache)
     assert (out / "metrics.csv").read_bytes() == reference
-    return err
-
-
-def test_sigkill_during_training_then_resume_gives_identical_metrics(tmp_path, reference):
-    err = kill_and_resume(tmp_path, reference, [4.0])
-    assert "Traceback" not in err
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(4))
 def test_sigkill_at_random_moments(tmp_path, reference, seed):
+    """Three kills at uniform random moments of a run's life (startup, training, evaluation, writing), then a resume."""
     rng = random.Random(seed)
-    kill_and_resume(tmp_path, reference, [rng.uniform(2.0, 25.0) for _ in range(3)])
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    landed = []
+    for _ in range(3):
+        run = Run(out, cache)
+        run.wait_for("run smoke-")  # the lock is held: the run has started
+        started = time.monotonic()
+        time.sleep(rng.uniform(0.0, 12.0))
+        if run.kill():
+            landed.append((round(time.monotonic() - started, 1), on_disk(out, cache)))
+    print("kills:", landed)
+    complete(out, cache)
+    no_partial_files(out, cache)
+    assert (out / "metrics.csv").read_bytes() == reference
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(3))
+def test_sigkill_while_results_and_report_are_written(tmp_path, reference, seed):
+    """Kills after the last evaluation, while metrics.csv, config, summary, provenance, report and figures are written."""
+    rng = random.Random(100 + seed)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    run = Run(out, cache)
+    run.wait_for("mlp_vib seed 0: robustness evaluated")
+    time.sleep(rng.uniform(0.0, 1.5))
+    assert run.kill()
+    assert "wrote " not in run.err  # killed before the end
+    left = on_disk(out, cache)
+    print("killed while writing:", left, sorted(p.name for p in out.rglob("*") if p.is_file()))
+    assert left == {"trained": 2, "evaluated": SECTIONS, "metrics": left["metrics"]}
+    err = complete(out, cache)
+    assert "trained in" not in err and "evaluated in" not in err  # only the writing is redone
+    no_partial_files(out, cache)
+    assert (out / "metrics.csv").read_bytes() == reference
 
 
 def test_sigint_stops_cleanly_with_a_resume_message(tmp_path):
-    p = start(tmp_path / "out", tmp_path / "cache")
-    time.sleep(4.0)
-    p.send_signal(signal.SIGINT)
+    run = Run(tmp_path / "out", tmp_path / "cache")
+    run.wait_for("run smoke-")
     t0 = time.monotonic()
-    _, err = p.communicate(timeout=60)
+    run.p.send_signal(signal.SIGINT)
+    assert run.finish(timeout=60) == 130
     assert time.monotonic() - t0 < 10
-    assert p.returncode == 130 and "rerun the same command to resume" in err and "Traceback" not in err
+    assert "rerun the same command to resume" in run.err and "Traceback" not in run.err
 
 
-def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path):
-    first = start(tmp_path / "out", tmp_path / "cache")
-    time.sleep(3.0)
-    second = start(tmp_path / "out", tmp_path / "cache2")
-    _, err = second.communicate(timeout=120)
-    first.communicate(timeout=600)
-    assert second.returncode == 2 and "another vibbench process is writing the output folder" in err
+def test_a_second_run_on_the_same_output_folder_is_refused_and_the_first_is_unharmed(tmp_path, reference):
+    first = Run(tmp_path / "out", tmp_path / "cache")
+    first.wait_for("run smoke-")  # printed while it holds the output folder's lock
+    second = Run(tmp_path / "out", tmp_path / "cache2")
+    assert second.finish(timeout=120) == 2
+    assert "another vibbench process is writing the output folder" in second.err
+    assert first.finish() == 0
+    assert (tmp_path / "out" / "metrics.csv").read_bytes() == reference
+
+
+@pytest.mark.slow
+def test_two_runs_sharing_a_cache_train_each_model_once(tmp_path, reference):
+    """Different output folders, one cache: the job locks make the second wait for and reuse the first's models."""
+    runs = [Run(tmp_path / f"out{i}", tmp_path / "cache") for i in range(2)]
+    assert [r.finish() for r in runs] == [0, 0], [r.err for r in runs]
+    assert sum(r.err.count("trained in") for r in runs) == 2  # each model trained by exactly one of them
+    no_partial_files(tmp_path)
+    for i in range(2):
+        assert (tmp_path / f"out{i}" / "metrics.csv").read_bytes() == reference

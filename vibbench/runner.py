@@ -360,6 +360,8 @@ def run(
     started = time.perf_counter()
     # bit-identical reruns on the CPU; on CUDA some kernels have no deterministic variant (warned, see README)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # cuBLAS's deterministic mode (PyTorch's reproducibility notes); read when the first cuBLAS handle is created
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     out_dir = Path(out_dir) if out_dir is not None else Path("results") / cfg.run_id
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     check_writable(out_dir, "output folder")

@@ -88,3 +88,32 @@ def test_a_result_of_another_job_is_refused(finished, capsys):
     record["job_hash"] = "0" * 64
     (folder / "result.json").write_text(json.dumps(record))
     refused(argv, capsys, f"{folder / 'result.json'} does not match its config", "--retrain")
+
+
+def test_an_edited_result_is_refused_by_its_checksum(finished, capsys):
+    argv, folder = finished
+    record = json.loads((folder / "result.json").read_text())
+    record["metrics"][0]["value"] = 0.999  # a plausible number, the right job hash
+    (folder / "result.json").write_text(json.dumps(record))
+    refused(argv, capsys, f"{folder / 'result.json'} fails its SHA-256 check (corrupt or edited)", "--retrain")
+    del record["sha256"]  # entries written before results were sealed are still read
+    (folder / "result.json").write_text(json.dumps(record))
+    assert main(argv) == 0
+
+
+def test_an_edited_evaluation_section_is_refused_and_a_damaged_one_evaluated_again(tmp_path):
+    from vibbench.errors import VibbenchError
+    from vibbench.results import write_json
+    from vibbench.runner import RESULT_FORMAT, _read_eval, sealed
+
+    path, h = tmp_path / "eval-calibration-0123.json", "ab" * 32
+    write_json(path, sealed({"format": RESULT_FORMAT, "eval_hash": h, "seconds": 1.5, "records": [{"metric": "ece", "value": 0.02}]}))
+    assert _read_eval(path, h) == [{"metric": "ece", "value": 0.02}]
+    path.write_text(path.read_text().replace("0.02", "0.01"))
+    with pytest.raises(VibbenchError, match="fails its SHA-256 check"):
+        _read_eval(path, h)
+    path.write_text("[1, 2]")
+    with pytest.raises(VibbenchError, match="does not match its config"):
+        _read_eval(path, h)
+    path.write_text('{"format": "vibbench-job-1", "eval_ha')  # cut short: not used, evaluated again
+    assert _read_eval(path, h) is None

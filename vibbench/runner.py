@@ -122,12 +122,30 @@ def load_trained(cfg: RunConfig, spec: ModelSpec, seed: int, cache_dir: Path, nu
 
 
 def _read_result(path: Path, job_hash: str) -> dict | None:
+    return _read_entry(path, "job_hash", job_hash, f"delete {path.parent} or rerun with --retrain")
+
+
+def sealed(record: dict) -> dict:
+    """`record` plus the SHA-256 of its JSON form, so that a damaged or edited cache entry is detected."""
+    return record | {"sha256": _digest(record)}
+
+
+def _digest(record: dict) -> str:
+    return stable_hash(json.loads(json.dumps(record, default=str)))  # as it reads back from the file
+
+
+def _read_entry(path: Path, key: str, expected: str, advice: str) -> dict | None:
+    """A JSON cache entry made for `expected` (its `key`), its seal verified; None if absent or unparsable
+    (written atomically, so that means damage: it is computed again)."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if record.get("format") != RESULT_FORMAT or record.get("job_hash") != job_hash:
-        raise VibbenchError(f"{path} does not match its config (job {job_hash[:12]}); delete its folder or rerun with --retrain")
+    if not isinstance(record, dict) or record.get("format") != RESULT_FORMAT or record.get(key) != expected:
+        raise VibbenchError(f"{path} does not match its config ({key} {expected[:12]}); {advice}")
+    digest = record.pop("sha256", None)  # entries of vibbench before the seal have none
+    if digest is not None and digest != _digest(record):
+        raise VibbenchError(f"{path} fails its SHA-256 check (corrupt or edited); {advice}")
     return record
 
 
@@ -187,7 +205,7 @@ def finish_job(cfg: RunConfig, spec: ModelSpec, seed: int, model, trained, data:
         "eval_seconds": time.perf_counter() - t0,
         "metrics": [{"split": s, "eval_mode": m, "metric": k, "value": v} for s, d in metrics.items() for (m, k), v in d.items()],
     }
-    write_json(folder / "result.json", record)
+    write_json(folder / "result.json", sealed(record))
     (folder / "train_state.pt").unlink(missing_ok=True)
     log(f"{spec.label} seed {seed}: trained in {trained.seconds:.0f} s, test error {100 * metrics['test'][('predictor', 'error')]:.2f}%")
     return record
@@ -288,7 +306,7 @@ def _evaluate_locked(cfg, spec, seed, data, ood, cache_dir, folder) -> list[dict
                 new = shift_records(model, data.test, cfg.eval, seed)
             else:
                 new = robustness_records(model, data.test, cfg.eval.attacks, seed, label)
-            write_json(path, {"format": RESULT_FORMAT, "eval_hash": h, "seconds": time.perf_counter() - t0, "records": new})
+            write_json(path, sealed({"format": RESULT_FORMAT, "eval_hash": h, "seconds": time.perf_counter() - t0, "records": new}))
             log(f"{label}: {section} evaluated in {time.perf_counter() - t0:.0f} s")
             cached = new
         records += cached
@@ -296,15 +314,10 @@ def _evaluate_locked(cfg, spec, seed, data, ood, cache_dir, folder) -> list[dict
 
 
 def _read_eval(path: Path, eval_hash: str) -> list[dict] | None:
-    if not path.exists():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # unreadable: evaluate again (it is written atomically, so this means tampering)
-    if record.get("format") != RESULT_FORMAT or record.get("eval_hash") != eval_hash:
-        raise VibbenchError(f"{path} does not match its config; delete it to evaluate again")
-    return record["records"]
+    record = _read_entry(path, "eval_hash", eval_hash, "delete it (or rerun with --retrain) to evaluate again")
+    if record is not None and not isinstance(record.get("records"), list):
+        raise VibbenchError(f"{path} holds no records; delete it (or rerun with --retrain) to evaluate again")
+    return None if record is None else record["records"]
 
 
 def ood_set(cfg: RunConfig, data_dir: Path | None) -> tuple[str, torch.Tensor] | None:

@@ -23,15 +23,24 @@ class Run:
 
     def __init__(self, out, cache, extra=()):
         env = os.environ | {"PYTHONUNBUFFERED": "1"}
+        # SIGINT as in a terminal, even when pytest itself was started in the background (which ignores it)
+        default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
         self.p = subprocess.Popen([sys.executable, "-m", "vibbench", *ARGS, "--out", str(out), "--cache-dir", str(cache), *extra],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_sigint)
         self.lines: list[str] = []
+        self.times: list[float] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
     def _read(self) -> None:
         for line in self.p.stderr:
             self.lines.append(line)
+            self.times.append(time.monotonic())
+
+    def seconds_between(self, start: str, end: str) -> float:
+        """Time between the arrival of the first lines containing `start` and `end`."""
+        (t0,), (t1,) = ([t for line, t in zip(self.lines, self.times) if text in line][:1] for text in (start, end))
+        return t1 - t0
 
     def wait_for(self, text: str, timeout: float = 300) -> None:
         """Block until a line containing `text` has been printed (fails if the run ends first)."""
@@ -90,13 +99,19 @@ def first_and_second(tmp_path_factory):
     second.finish(timeout=120)
     assert first.finish() == 0, first.err
     assert "Traceback" not in first.err
-    return (base / "out" / "metrics.csv").read_bytes(), second
+    return (base / "out" / "metrics.csv").read_bytes(), second, first.seconds_between("run smoke-", "wrote ")
 
 
 @pytest.fixture(scope="module")
 def reference(first_and_second):
     """metrics.csv of the uninterrupted run: every interrupted run must end with these bytes."""
     return first_and_second[0]
+
+
+@pytest.fixture(scope="module")
+def run_seconds(first_and_second):
+    """How long the uninterrupted run took from starting to work to its last write (on this machine, now): the span random kills are drawn from."""
+    return first_and_second[2]
 
 
 def test_sigkill_during_training_and_during_evaluation_then_resume_gives_identical_metrics(tmp_path, reference):
@@ -123,19 +138,26 @@ def test_sigkill_during_training_and_during_evaluation_then_resume_gives_identic
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(4))
-def test_sigkill_at_random_moments(tmp_path, reference, seed):
-    """Three kills at uniform random moments of a run's life (startup, training, evaluation, writing), then a resume."""
+def test_sigkill_at_random_moments(tmp_path, reference, run_seconds, seed):
+    """Three kills at random moments spread over one run's life (training, evaluation, writing), each in the resumed
+    run after the last, then a final resume. The kills fall within 60% of an uninterrupted run's span (a run alone
+    goes faster than the reference, which shared the CPU with a second process); resumed runs skip what is done,
+    so the later kills reach evaluation and writing."""
     rng = random.Random(seed)
     out, cache = tmp_path / "out", tmp_path / "cache"
-    landed = []
+    landed, left = [], 0.6 * run_seconds
     for _ in range(3):
         run = Run(out, cache)
         run.wait_for("run smoke-")  # the lock is held: the run has started
-        started = time.monotonic()
-        time.sleep(rng.uniform(0.0, 12.0))
-        if run.kill():
-            landed.append((round(time.monotonic() - started, 1), on_disk(out, cache)))
-    print("kills:", landed)
+        delay = rng.uniform(0.0, left)
+        left -= delay
+        time.sleep(delay)
+        if not run.kill():
+            print(f"a kill after {delay:.1f} s came after the run had finished")
+            break  # nothing is left to interrupt
+        landed.append((round(delay, 1), on_disk(out, cache)))
+    print(f"kills within {run_seconds:.1f} s:", landed)
+    assert landed
     complete(out, cache)
     no_partial_files(out, cache)
     assert (out / "metrics.csv").read_bytes() == reference
@@ -173,7 +195,7 @@ def test_sigint_stops_cleanly_with_a_resume_message(tmp_path):
 
 def test_a_second_run_on_the_same_output_folder_is_refused(first_and_second):
     """The first run finishes unharmed: it is the reference, which every kill test's independent run must reproduce byte for byte."""
-    _, second = first_and_second
+    _, second, _ = first_and_second
     assert second.p.returncode == 2 and "Traceback" not in second.err
     assert second.err.strip().splitlines()[-1].startswith("vibbench: error: another vibbench process is writing the output folder ")
 

@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except OSError as exc:  # disk full, read-only or vanished folders while running
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"vibbench: error: {where}{describe_os_error(exc)}. {RESUME_HINT}", file=sys.stderr)
+        hint = f" {RESUME_HINT}" if args.command in ("run", "eval") else ""
+        print(f"vibbench: error: {where}{describe_os_error(exc)}.{hint}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,4 +1,7 @@
-"""Shared fixtures: small trained models on the synthetic dataset (no network, seconds on 2 cores)."""
+"""Shared fixtures: small trained models on the synthetic dataset (no network, seconds on 2 cores); a full disk."""
+
+import errno
+import os
 
 import pytest
 import torch
@@ -31,3 +34,21 @@ def trained_mlp(synthetic):
 @pytest.fixture(scope="session")
 def trained_vib(synthetic):
     return _trained("mlp_vib", synthetic)
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """os.fsync fails with ENOSPC for temporary files of targets named in `full`, as delayed allocation does on a full disk."""
+    full: set[str] = set()
+    real = os.fsync
+
+    def fsync(fd):
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        if any(name.startswith(f".{target}.") for target in full):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd")
+    monkeypatch.setattr(os, "fsync", fsync)
+    return full

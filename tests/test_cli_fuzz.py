@@ -14,7 +14,7 @@ values = st.one_of(text, st.integers(-5, 10**6).map(str), st.floats(allow_nan=Tr
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     option=st.sampled_from(["--profile", "--models", "--seeds", "--dataset", "--device", "--epochs", "--trainer", "--executor",
-                            "--ray-address", "--ray-cpus-per-job", "--ray-gpus-per-job", "--ray-max-retries"]),
+                            "--ray-address", "--ray-cpus-per-job", "--ray-gpus-per-job", "--ray-max-retries", "--config", "--precision"]),
     executor=st.sampled_from([[], ["--executor", "ray"]]),
     value=values,
 )

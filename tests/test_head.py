@@ -70,3 +70,32 @@ def test_log_mean_softmax_averages_probabilities_not_logits():
     assert log_mean_softmax(logits)[0, 0].item() == pytest.approx(hand, rel=1e-6)
     # averaging logits instead would give equal first and last classes' log-probabilities too, but a larger middle gap
     assert not torch.allclose(log_mean_softmax(logits), torch.log_softmax(logits.mean(0), -1))
+
+
+@pytest.mark.parametrize("beta", [0.0, 1e-3, 1.0, 1e3])
+@pytest.mark.parametrize("training", [True, False])
+def test_vib_head_and_loss_stay_finite_for_encoder_outputs_up_to_1e4(beta, training):
+    """Encoder outputs (mu and the std pre-activation s) on a grid over [-1e4, 1e4], every (mu, s) pair."""
+    from vibbench import create_model
+    from vibbench.losses import training_loss
+
+    model = create_model("mlp_vib", beta=beta).train(training)
+    grid = torch.tensor([-1e4, -1e3, -104.0, -20.0, -1.0, 0.0, 1.0, 20.0, 104.0, 1e3, 1e4])
+    mu, s = torch.cartesian_prod(grid, grid).T  # 121 examples
+    k = model.latent_dim
+    h = torch.cat([mu[:, None].expand(-1, k), s[:, None].expand(-1, k)], dim=1).requires_grad_()
+    model.backbone = torch.nn.Identity()
+    model.encoder_head = torch.nn.Identity()
+    model._as_images = lambda x: x  # feed the encoder's output directly
+    out = model.forward_details(h)
+    terms = training_loss(out, torch.arange(h.shape[0]) % 10, beta=model.method.beta)
+    terms.loss.backward()
+    for name, t in {"std": out.std, "log_std": out.log_std, "z": out.z, "logits": out.logits, "kl": out.kl,
+                    "prediction": out.prediction(), "loss": terms.loss, "grad": h.grad}.items():
+        assert torch.isfinite(t).all(), name
+    assert out.z.shape[0] == (1 if training else 12)
+    # the largest rate: mu = 1e4 and std = softplus(1e4 - 5): K / 2 * (mu^2 + std^2 - 2 log std - 1), to float32 precision
+    big = torch.tensor(1e4, dtype=torch.float64)
+    std = torch.nn.functional.softplus(big - 5)
+    expected = k / 2 * (big**2 + std**2 - 2 * std.log() - 1)
+    assert out.kl.max().double().item() == pytest.approx(expected.item(), rel=1e-5)

@@ -1,11 +1,17 @@
 """`vibbench run` end to end on synthetic data: files, cache hit and miss, bad input."""
 
+import hashlib
+import importlib.metadata
 import json
+import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
+import vibbench
+from vibbench import data
 from vibbench.checkpoints import save_checkpoint
 from vibbench.cli import main
 from vibbench.config import make_run_config
@@ -41,6 +47,7 @@ def test_smoke_run_writes_results_and_reuses_the_cache(dirs, capsys, monkeypatch
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["config_hash"] == config["config_hash"] and prov["versions"]["torch"] == torch.__version__.split("+")[0]
     assert prov["seeds"] == [0] and prov["dataset"]["name"] == "synthetic"
+    assert_provenance_suffices_to_rerun(out, prov, config, monkeypatch)
 
     # a second run of the same config trains nothing: any training would fail
     import vibbench.runner as runner
@@ -60,6 +67,30 @@ def test_smoke_run_writes_results_and_reuses_the_cache(dirs, capsys, monkeypatch
     # a changed config is a different job: it must train (and so hits the trap)
     with pytest.raises(Trained):
         run_cli("--models", "mlp_vib:beta=1e-2", "--out", str(out), "--cache-dir", str(cache))
+
+
+def assert_provenance_suffices_to_rerun(out, prov, config, monkeypatch):
+    """Versions, device, git state and data hashes checked against their own sources; options.json reruns the config."""
+    for lib in ("torch", "torchvision", "torchattacks", "numpy"):
+        assert prov["versions"][lib] == importlib.metadata.version(lib)
+    assert prov["device"] == "cpu" and prov["device_name"]
+    here = Path(vibbench.__file__).parent
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True)
+    if head.returncode == 0:
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True)
+        assert prov["git"] == {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    arrays = data._synthetic_arrays()
+    for key in ("train_images", "train_labels", "test_images", "test_labels"):
+        assert prov["dataset"]["sha256"][key] == hashlib.sha256(arrays[key].tobytes()).hexdigest()
+    options = json.loads((out / "options.json").read_text())
+    assert options == prov["options"] and options["train"]["lr"] == 1e-4
+    import vibbench.runner as runner
+
+    rerun = []
+    with monkeypatch.context() as m:
+        m.setattr(runner, "run", lambda cfg, **kw: rerun.append(cfg) or out)
+        assert main(["run", "--config", str(out / "options.json")]) == 0
+    assert rerun[0].config_hash == config["config_hash"]
 
 
 def test_changed_config_changes_the_hash():
@@ -181,3 +212,34 @@ def test_same_config_and_seed_give_bit_identical_metrics(tmp_path):
     assert outs[0] == outs[1]
     assert b"seconds" not in outs[0]  # wall times live in timing.csv
     assert (tmp_path / "out0" / "timing.csv").read_text().count("examples_per_second") == 2
+
+
+def test_a_diverging_model_stops_the_run_with_a_message_and_no_nan_is_written(dirs, capsys):
+    """A real divergence: beta = 1e37 makes beta * KL overflow float32 at the first step."""
+    out, cache = dirs
+    for attempt in range(2):  # the same message again on a rerun: nothing half-finished is reused
+        assert run_cli("--models", "mlp_deterministic", "mlp_vib:beta=1e37", "--out", str(out), "--cache-dir", str(cache)) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert err.strip().splitlines()[-1] == (
+            "vibbench: error: training of mlp_vib:beta=1e+37 seed 0 diverged: the loss became NaN or inf at epoch 1, step 1 of 10. "
+            "Lower the learning rate or beta; no result was written for this model."
+        )
+        assert not (out / "metrics.csv").exists() and len(list(cache.glob("jobs/*/result.json"))) == 1  # the deterministic model's
+
+
+def test_non_finite_metrics_are_refused_even_when_the_loss_stayed_finite(dirs, capsys, monkeypatch):
+    import vibbench.runner as runner
+    from vibbench.train import TrainResult
+
+    def broken_training(model, *args, **kwargs):
+        with torch.no_grad():
+            model.decoder.weight.fill_(float("nan"))
+        return TrainResult(history=[{"epoch": 1, "loss": 1.0, "ce": 1.0, "kl": 0.0, "lr": 1e-4, "seconds": 1.0, "examples_per_second": 1.0}])
+
+    monkeypatch.setattr(runner, "train_model", broken_training)
+    out, cache = dirs
+    assert run_cli("--models", "mlp_vib", "--out", str(out), "--cache-dir", str(cache)) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("vibbench: error: mlp_vib seed 0 diverged: non-finite val predictor nll") and "no result was written" in last
+    assert not list(cache.glob("jobs/*/result.json")) and not list(cache.glob("jobs/*/model.pt"))

@@ -8,6 +8,7 @@ only (no code can run from a cached file), then checks the digest and the config
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import torch
@@ -40,7 +41,9 @@ def load_checkpoint(path: str | Path, config_hash: str, map_location: str | torc
     path = Path(path)
     advice = f"delete {path} (or rerun with --retrain) to train again"
     try:
-        outer = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes about foreign pickle protocols: the file is refused or ours anyway
+            warnings.simplefilter("ignore", UserWarning)
+            outer = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, not a torch file, or carrying non-tensor objects
         raise VibbenchError(f"checkpoint {path} is unreadable or unsafe ({type(exc).__name__}); {advice}") from None
     if not isinstance(outer, dict) or outer.get("format") != FORMAT:

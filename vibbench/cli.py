@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import VibbenchError
+from .errors import VibbenchError, describe_os_error
 
 
 def _positive_int(text: str) -> int:
@@ -52,11 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_options(run, PROFILES, DATASETS, DEVICES) -> None:
-    run.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)} (default: quick)")
+    # no defaults here: an option left out falls back to the --config file, then to the profile
+    run.add_argument("--config", type=Path, metavar="FILE", help="options from a TOML or JSON file (*.toml, *.json); options given here override it")
+    run.add_argument("--profile", help=f"one of {', '.join(PROFILES)} (default: quick)")
     run.add_argument("--models", nargs="+", metavar="PATTERN", help="shell-style patterns, optionally NAME:beta=1e-2 (default: the profile's)")
     run.add_argument("--seeds", type=_positive_int, metavar="N", help="train seeds 0..N-1 (default: the profile's)")
     run.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} (default: mnist)")
-    run.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (default: auto)")
+    run.add_argument("--device", help=f"one of {', '.join(DEVICES)} (default: auto)")
     run.add_argument("--epochs", type=_positive_int, help="override the profile's number of epochs")
     run.add_argument("--out", type=Path, help="output folder (default: results/<run id>)")
     run.add_argument("--cache-dir", type=Path, help="checkpoints and job results (default: $VIBBENCH_CACHE_DIR or ~/.cache/vibbench)")
@@ -79,15 +81,37 @@ def _executor_options(run) -> None:
     ray.add_argument("--ray-max-retries", type=int, metavar="N", help=f"retries of a job whose worker died or hit a transient error, 0 to {MAX_RETRIES} (default: {DEFAULT_MAX_RETRIES})")
 
 
+def run_options(args) -> dict:
+    """The run's options: the --config file's, overridden by the options given on the command line."""
+    from .config_file import check_option, load_options
+
+    options = load_options(args.config) if args.config is not None else {}
+    given = {
+        "profile": args.profile,
+        "models": args.models,
+        "seeds": args.seeds,
+        "dataset": args.dataset,
+        "device": args.device,
+        "epochs": args.epochs,
+        "no_eval": True if args.no_eval else None,
+    }
+    options = options | {k: check_option(k, v, "--" + k.replace("_", "-")) for k, v in given.items() if v is not None}
+    if args.precision is not None:  # a training field, like the file's [train] precision
+        from .precision import check_precision
+
+        try:
+            options["train"] = dict(options.get("train") or {}) | {"precision": check_precision(args.precision)}
+        except VibbenchError as exc:
+            raise VibbenchError(f"--precision: {exc}") from None
+    return options
+
+
 def cmd_run(args) -> None:
-    from .config import make_run_config
+    from .config_file import run_config_from_options
     from .executors import make_executor
     from .runner import resolve_trainer, run
 
-    cfg = make_run_config(
-        args.profile, models=args.models, seeds=args.seeds, dataset=args.dataset, device=args.device, epochs=args.epochs,
-        evaluate=not args.no_eval, precision=args.precision, local_device=args.executor != "ray",
-    )
+    cfg = run_config_from_options(run_options(args), local_device=args.executor != "ray")
     train = args.command == "run"
     if train:
         resolve_trainer(args.trainer, cfg.device)  # a bad --trainer fails before anything runs
@@ -146,7 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nvibbench: interrupted. Finished models and the last epoch checkpoint are kept; rerun the same command to resume.", file=sys.stderr)
         return 130
+    except OSError as exc:  # disk full, read-only or vanished folders while running
+        where = f"{exc.filename}: " if exc.filename else ""
+        hint = f" {RESUME_HINT}" if args.command in ("run", "eval") else ""
+        print(f"vibbench: error: {where}{describe_os_error(exc)}.{hint}", file=sys.stderr)
+        return 2
     return 0
+
+
+RESUME_HINT = "Finished models and the last epoch checkpoint are kept; fix it and rerun the same command to resume."
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from .attacks import AttackSettings
 from .errors import VibbenchError
 from .harness import EvalConfig
-from .registry import ARCHITECTURE_OPTIONS, create_model, list_models, unknown_name_message
+from .registry import ARCHITECTURE_OPTIONS, check_model, create_model, list_models, unknown_name_message
 from .methods import HYPERPARAMETERS
 
 CACHE_FORMAT = 3
@@ -25,11 +25,18 @@ CACHE_FORMAT = 3
 
 DEVICES = ("auto", "cpu", "cuda")
 
+MAX_SEEDS = 1000
+"""Seeds run as 0..N-1; more than this is a typo, not a study (and would be materialized as a tuple)."""
+
 
 def stable_hash(obj) -> str:
     """SHA-256 of the canonical JSON of `obj` (sorted keys, no whitespace)."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -68,14 +75,14 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise VibbenchError(f"{name} must be a positive integer or null, got {value!r}")
-        if not (isinstance(self.lr, float | int) and 0 < self.lr < 1):
-            raise VibbenchError(f"lr must be in (0, 1), got {self.lr!r}")
-        if not (0 < self.lr_decay <= 1):
-            raise VibbenchError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
-        if not (0 <= self.ema_decay < 1):
-            raise VibbenchError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
-        betas = tuple(self.adam_betas)
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        ranges = {"lr": (lambda v: 0 < v < 1, "(0, 1)"), "lr_decay": (lambda v: 0 < v <= 1, "(0, 1]"), "ema_decay": (lambda v: 0 <= v < 1, "[0, 1)")}
+        for name, (ok, allowed) in ranges.items():
+            value = getattr(self, name)
+            if not (_is_number(value) and ok(value)):
+                raise VibbenchError(f"{name} must be a number in {allowed}, got {value!r}")
+            object.__setattr__(self, name, float(value))  # 1 and 1.0 are one config (and one hash)
+        betas = tuple(self.adam_betas) if isinstance(self.adam_betas, tuple | list) else ()
+        if len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
             raise VibbenchError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
         object.__setattr__(self, "adam_betas", (float(betas[0]), float(betas[1])))
 
@@ -98,6 +105,13 @@ class ModelSpec:
         if not self.overrides:
             return self.name
         return self.name + ":" + ",".join(f"{k}={v:g}" for k, v in self.overrides)
+
+    @property
+    def text(self) -> str:
+        """The exact form `parse_model_specs` reads back (floats by repr, so nothing is rounded)."""
+        if not self.overrides:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={v!r}" for k, v in self.overrides)
 
     def build(self):
         return create_model(self.name, **dict(self.overrides))
@@ -142,7 +156,7 @@ def parse_model_specs(patterns: list[str] | tuple[str, ...]) -> tuple[ModelSpec,
                 raise VibbenchError(f"bad value {value!r} for {key} in {entry!r}: expected a number") from None
         for name in names:
             spec = ModelSpec(name, tuple(sorted(overrides)))
-            spec.build()  # validates overrides (e.g. beta < 0, beta on a non-VIB model)
+            check_model(name, **dict(spec.overrides))  # e.g. beta < 0, beta on a non-VIB model
             if spec not in specs:
                 specs.append(spec)
     return tuple(specs)
@@ -267,7 +281,7 @@ def resolve_device(device: str, local: bool = True) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and local and not torch.cuda.is_available():
-        raise VibbenchError("--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
+        raise VibbenchError("device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
     return device
 
 
@@ -282,15 +296,22 @@ def make_run_config(
     evaluate: bool = True,
     precision: str | None = None,
     local_device: bool = True,
+    train: dict | None = None,
 ) -> RunConfig:
-    """Resolve a profile plus command-line overrides (None means: the profile's value); local_device=False:
-    the jobs run elsewhere, so --device cuda needs no GPU on this machine."""
+    """Resolve a profile plus overrides (None means: the profile's value); `train` overrides
+    fields of the profile's TrainConfig, e.g. {"batch_size": 50, "lr": 1e-3}; local_device=False:
+    the jobs run elsewhere, so device cuda needs no GPU on this machine."""
     if profile not in PROFILES:
         raise VibbenchError(unknown_name_message("profile", profile, tuple(PROFILES)))
     prof = PROFILES[profile]
-    if seeds is not None and (not isinstance(seeds, int) or seeds < 1):
-        raise VibbenchError(f"--seeds must be a positive integer, got {seeds!r}")
-    changes = {k: v for k, v in {"dataset": dataset, "epochs": epochs, "precision": precision}.items() if v is not None}
+    if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or not 1 <= seeds <= MAX_SEEDS):
+        raise VibbenchError(f"seeds must be a whole number from 1 to {MAX_SEEDS}, got {seeds!r}")
+    top = {"dataset": dataset, "epochs": epochs, "precision": precision}
+    changes = dict(train or {}) | {k: v for k, v in top.items() if v is not None}
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    for name in changes:
+        if name not in known:
+            raise VibbenchError(unknown_name_message("training field", name, known))
     train = dataclasses.replace(prof.train, **changes)
     return RunConfig(
         profile=profile,

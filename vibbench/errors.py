@@ -1,4 +1,8 @@
-"""The one exception type the command line turns into a clean message."""
+"""The one exception type the command line turns into a clean message, and wording for OS errors."""
+
+from __future__ import annotations
+
+import errno
 
 
 class VibbenchError(Exception):
@@ -6,3 +10,21 @@ class VibbenchError(Exception):
 
     The CLI prints the message and exits with status 2 instead of a traceback.
     """
+
+
+_DISK_FULL = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted", errno.EFBIG: "a file size limit was reached"}
+_NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """The OS's words for `exc` plus what it means for a run: 'No space left on device (the disk is full)'."""
+    text = exc.strerror or str(exc)
+    if exc.errno in _DISK_FULL:
+        return f"{text} ({_DISK_FULL[exc.errno]})"
+    if exc.errno in _NOT_ALLOWED:
+        return f"{text} (the folder is read-only or belongs to someone else)"
+    return text
+
+
+def is_disk_full(exc: OSError) -> bool:
+    return exc.errno in _DISK_FULL

@@ -66,17 +66,19 @@ def predictions(model: Classifier, images: torch.Tensor, mode: str, *, batch_siz
     model.eval()
     model.mean_mode = mode == "mean"
     devices = [images.device] if images.is_cuda else []
-    logps, kls = [], []
+    n = images.shape[0]
+    logps = torch.empty(n, model.num_classes, dtype=torch.float64)  # filled chunk by chunk: memory is the output plus one chunk
+    kls = torch.empty(n, dtype=torch.float64)
     try:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            for i in range(0, images.shape[0], batch_size):
+            for i in range(0, n, batch_size):
                 out = model.forward_details(images[i : i + batch_size])
-                logps.append(F.log_softmax(out.prediction().double(), -1).cpu())
-                kls.append(out.kl.double().cpu())
+                logps[i : i + batch_size] = F.log_softmax(out.prediction().double(), -1).cpu()
+                kls[i : i + batch_size] = out.kl.double().cpu()
     finally:
         model.mean_mode = was_mean
-    return torch.cat(logps), torch.cat(kls)
+    return logps, kls
 
 
 def noise_images(n: int, seed: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ import fnmatch
 from .backbones import BACKBONES
 from .classifier import Classifier
 from .errors import VibbenchError
-from .methods import HYPERPARAMETERS, METHODS
+from .methods import HYPERPARAMETERS, METHODS, Method
 
 ARCHITECTURE_OPTIONS = ("num_classes", "latent_dim", "eval_samples", "train_samples")
 
@@ -46,6 +46,13 @@ def create_model(name: str, **overrides) -> Classifier:
     """Build a registered model. Overrides that are None are dropped, so CLI defaults never
     override model defaults. Method overrides: beta, dropout, label_smoothing, confidence_penalty;
     architecture overrides: num_classes, latent_dim, eval_samples, train_samples."""
+    backbone_name, method, arch = check_model(name, **overrides)
+    backbone = BACKBONES[backbone_name](dropout=method.dropout)
+    return Classifier(backbone, method, name=name, backbone_name=backbone_name, **arch)
+
+
+def check_model(name: str, **overrides) -> tuple[str, Method, dict]:
+    """Validate a model name and its overrides without building the network: (backbone name, method, architecture options)."""
     parts = _split_name(name)
     if parts is None:
         raise VibbenchError(unknown_name_message("model", name, list_models()) + " (see `vibbench list`)")
@@ -58,6 +65,4 @@ def create_model(name: str, **overrides) -> Classifier:
             f"allowed: {', '.join(HYPERPARAMETERS + ARCHITECTURE_OPTIONS)}"
         )
     method = METHODS[method_name].with_overrides(**{k: v for k, v in overrides.items() if k in HYPERPARAMETERS})
-    arch = {k: v for k, v in overrides.items() if k in ARCHITECTURE_OPTIONS}
-    backbone = BACKBONES[backbone_name](dropout=method.dropout)
-    return Classifier(backbone, method, name=name, backbone_name=backbone_name, **arch)
+    return backbone_name, method, {k: v for k, v in overrides.items() if k in ARCHITECTURE_OPTIONS}

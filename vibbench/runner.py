@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write_bytes, atomic_write_text
+from .atomic import atomic_write_text, remove_stale_temps
 from .attacks import autoattack_label
 from .checkpoints import load_checkpoint, save_checkpoint
 from .config import ModelSpec, RunConfig, stable_hash
+from .config_file import options_of
 from .data import Dataset, Split, load_dataset
-from .errors import VibbenchError
+from .errors import VibbenchError, describe_os_error
 from .evaluate import clean_metrics
 from .locks import folder_lock
 from .harness import OOD_PAIRS, SECTIONS, calibration_records, noise_images, ood_records, robustness_records, shift_records
@@ -33,7 +36,7 @@ from .report import write_report
 from .results import summary_markdown, write_json, write_metrics
 from .population import population_key, train_population
 from .registry import unknown_name_message
-from .train import train_model
+from .train import TrainingDiverged, train_model
 
 RESULT_FORMAT = "vibbench-job-1"
 
@@ -48,15 +51,26 @@ def default_cache_dir() -> Path:
     return base / "vibbench"
 
 
+PROBE_BYTES = 65536
+"""check_writable writes this much: a folder that cannot take 64 KiB cannot take a checkpoint."""
+
+
 def check_writable(folder: Path, what: str) -> None:
     """Fail before any training if `folder` cannot take a file (read-only, missing permissions, disk full)."""
+    probe = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        atomic_write_bytes(probe, b"\0" * 65536)
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=f".write-test.{os.getpid()}.", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\0" * PROBE_BYTES)
+            f.flush()
+            os.fsync(f.fileno())
     except OSError as exc:
-        raise VibbenchError(f"cannot write to the {what} {folder}: {exc.strerror or exc}. Choose another folder or free space.") from None
+        raise VibbenchError(f"cannot write to the {what} {folder}: {describe_os_error(exc)}. Choose another folder or free space.") from None
+    finally:
+        if probe is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
 
 
 @dataclass
@@ -111,12 +125,30 @@ def load_trained(cfg: RunConfig, spec: ModelSpec, seed: int, cache_dir: Path, nu
 
 
 def _read_result(path: Path, job_hash: str) -> dict | None:
+    return _read_entry(path, "job_hash", job_hash, f"delete {path.parent} or rerun with --retrain")
+
+
+def sealed(record: dict) -> dict:
+    """`record` plus the SHA-256 of its JSON form, so that a damaged or edited cache entry is detected."""
+    return record | {"sha256": _digest(record)}
+
+
+def _digest(record: dict) -> str:
+    return stable_hash(json.loads(json.dumps(record, default=str)))  # as it reads back from the file
+
+
+def _read_entry(path: Path, key: str, expected: str, advice: str) -> dict | None:
+    """A JSON cache entry made for `expected` (its `key`), its seal verified; None if absent or unparsable
+    (written atomically, so that means damage: it is computed again)."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if record.get("format") != RESULT_FORMAT or record.get("job_hash") != job_hash:
-        raise VibbenchError(f"{path} does not match its config (job {job_hash[:12]}); delete its folder or rerun with --retrain")
+    if not isinstance(record, dict) or record.get("format") != RESULT_FORMAT or record.get(key) != expected:
+        raise VibbenchError(f"{path} does not match its config ({key} {expected[:12]}); {advice}")
+    digest = record.pop("sha256", None)  # entries of vibbench before the seal have none
+    if digest is not None and digest != _digest(record):
+        raise VibbenchError(f"{path} fails its SHA-256 check (corrupt or edited); {advice}")
     return record
 
 
@@ -153,12 +185,19 @@ def finish_job(cfg: RunConfig, spec: ModelSpec, seed: int, model, trained, data:
     """Save a freshly trained model and its clean metrics as the job's result."""
     h = cfg.job_hash(spec, seed)
     folder = job_dir(cache_dir, h)
-    save_checkpoint(folder / "model.pt", model.state_dict(), h)
     t0 = time.perf_counter()
     metrics = {
         split: clean_metrics(model, s.images, s.labels, batch_size=cfg.train.eval_batch_size, seed=seed)
         for split, s in (("val", data.val), ("test", data.test))
     }
+    bad = [f"{split} {mode} {metric}" for split, d in metrics.items() for (mode, metric), v in d.items() if not math.isfinite(v)]
+    bad += [f"epoch {e['epoch']} {k}" for e in trained.history for k in ("loss", "ce", "kl") if not math.isfinite(e[k])]
+    if bad:
+        raise TrainingDiverged(
+            f"{spec.label} seed {seed} diverged: non-finite {', '.join(bad[:4])}. Lower the learning rate or beta; "
+            "no result was written for this model."
+        )
+    save_checkpoint(folder / "model.pt", model.state_dict(), h)
     record = {
         "format": RESULT_FORMAT,
         "job_hash": h,
@@ -169,7 +208,7 @@ def finish_job(cfg: RunConfig, spec: ModelSpec, seed: int, model, trained, data:
         "eval_seconds": time.perf_counter() - t0,
         "metrics": [{"split": s, "eval_mode": m, "metric": k, "value": v} for s, d in metrics.items() for (m, k), v in d.items()],
     }
-    write_json(folder / "result.json", record)
+    write_json(folder / "result.json", sealed(record))
     (folder / "train_state.pt").unlink(missing_ok=True)
     log(f"{spec.label} seed {seed}: trained in {trained.seconds:.0f} s, test error {100 * metrics['test'][('predictor', 'error')]:.2f}%")
     return record
@@ -205,6 +244,7 @@ def train_jobs(cfg: RunConfig, jobs: list[tuple[ModelSpec, int]], data: DeviceDa
                 held.enter_context(folder_lock(job_dir(cache_dir, cfg.job_hash(spec, seed)), "job folder", wait=True))
             # another process may have finished some of these while we waited for their locks
             for spec, seed in group:
+                remove_stale_temps(job_dir(cache_dir, cfg.job_hash(spec, seed)))
                 if (record := cached_result(cfg, spec, seed, cache_dir)) is not None:
                     records[(spec, seed)] = record
             members = [job for job in group if job not in records]
@@ -230,6 +270,7 @@ def _train_group(cfg: RunConfig, members: list[tuple[ModelSpec, int]], data: Dev
     else:
         pop_hash = stable_hash(sorted(hashes))
         state = cache_dir / "populations" / pop_hash[:32] / "train_state.pt"
+        remove_stale_temps(state.parent)
         log(f"training a population of {len(members)}: {', '.join(labels)}")
         results = train_population(
             models, data.train.images, data.train.labels, cfg.train, seed=seed, labels_of_members=labels,
@@ -248,6 +289,7 @@ def evaluate_job(cfg: RunConfig, spec: ModelSpec, seed: int, data: DeviceData, o
         return []
     folder = job_dir(cache_dir, cfg.job_hash(spec, seed))
     with folder_lock(folder, "job folder", wait=True):
+        remove_stale_temps(folder)
         return _evaluate_locked(cfg, spec, seed, data, ood, cache_dir)
 
 
@@ -294,7 +336,7 @@ def _evaluate_locked(cfg, spec, seed, data, ood, cache_dir) -> list[dict]:
                 new = shift_records(model, data.test, cfg.eval, seed)
             else:
                 new = robustness_records(model, data.test, cfg.eval.attacks, seed, label)
-            write_json(path, {"format": RESULT_FORMAT, "eval_hash": h, "seconds": time.perf_counter() - t0, "records": new})
+            write_json(path, sealed({"format": RESULT_FORMAT, "eval_hash": h, "seconds": time.perf_counter() - t0, "records": new}))
             log(f"{label}: {section} evaluated in {time.perf_counter() - t0:.0f} s")
             cached = new
         records += cached
@@ -302,15 +344,10 @@ def _evaluate_locked(cfg, spec, seed, data, ood, cache_dir) -> list[dict]:
 
 
 def _read_eval(path: Path, eval_hash: str) -> list[dict] | None:
-    if not path.exists():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # unreadable: evaluate again (it is written atomically, so this means tampering)
-    if record.get("format") != RESULT_FORMAT or record.get("eval_hash") != eval_hash:
-        raise VibbenchError(f"{path} does not match its config; delete it to evaluate again")
-    return record["records"]
+    record = _read_entry(path, "eval_hash", eval_hash, "delete it (or rerun with --retrain) to evaluate again")
+    if record is not None and not isinstance(record.get("records"), list):
+        raise VibbenchError(f"{path} holds no records; delete it (or rerun with --retrain) to evaluate again")
+    return None if record is None else record["records"]
 
 
 def ood_set(cfg: RunConfig, data_dir: Path | None) -> tuple[str, torch.Tensor] | None:
@@ -394,12 +431,17 @@ def run(
     check_writable(out_dir, "output folder")
     check_writable(cache_dir, "cache folder")
     with folder_lock(out_dir, "output folder", wait=False):
+        # what killed runs left half-written: their temporary files (targets are replaced atomically)
+        remove_stale_temps(out_dir, recursive=True)
+        remove_stale_temps(cache_dir)
         return _run_locked(cfg, out_dir, cache_dir, data_dir, retrain, train, trainer, executor or LocalExecutor(), started)
 
 
 def deterministic() -> None:
     """Bit-identical reruns on the CPU; on CUDA some kernels have no deterministic variant (warned, see README)."""
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # cuBLAS's deterministic mode (PyTorch's reproducibility notes); read when the first cuBLAS handle is created
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 def _run_locked(cfg, out_dir, cache_dir, data_dir, retrain, train, trainer, executor, started) -> Path:
@@ -429,6 +471,8 @@ def _run_locked(cfg, out_dir, cache_dir, data_dir, retrain, train, trainer, exec
     if cfg.eval is not None and cfg.eval.attacks is not None:
         config["eval"]["autoattack_label"] = autoattack_label(cfg.eval.attacks)
     write_json(out_dir / "config.json", config)
+    options = options_of(cfg)
+    write_json(out_dir / "options.json", options)  # `vibbench run --config DIR/options.json` reruns this config
     atomic_write_text(out_dir / "summary.md", summary_markdown(df, title=f"vibbench run {cfg.run_id}"))
     write_json(
         out_dir / "provenance.json",
@@ -439,6 +483,7 @@ def _run_locked(cfg, out_dir, cache_dir, data_dir, retrain, train, trainer, exec
             device=cfg.device,
             extra={
                 "profile": cfg.profile,
+                "options": options,
                 "wall_seconds": time.perf_counter() - started,
                 "dataset": {"name": dataset.name, "source": dataset.source, "sha256": dataset.sha256},
                 "training_path": {"population": "populations (torch.func vmap over stacked parameters)", "single": "one model at a time"}[trainer],

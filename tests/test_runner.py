@@ -79,6 +79,10 @@ def assert_provenance_suffices_to_rerun(out, prov, config, monkeypatch):
     if head.returncode == 0:
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True)
         assert prov["git"] == {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    # and per model, the code that trained it (a cached model may come from an earlier commit)
+    assert set(prov["trained_by"]) == set(prov["job_hashes"])
+    for by in prov["trained_by"].values():
+        assert by["git"] == prov["git"] and by["torch"] == prov["versions"]["torch"] and by["vibbench"] == prov["versions"]["vibbench"]
     arrays = data._synthetic_arrays()
     for key in ("train_images", "train_labels", "test_images", "test_labels"):
         assert prov["dataset"]["sha256"][key] == hashlib.sha256(arrays[key].tobytes()).hexdigest()

@@ -52,6 +52,12 @@ def git_state(path: Path | None = None) -> dict[str, str | bool | None]:
         return {"commit": None, "dirty": None}
 
 
+def code_version() -> dict:
+    """What trains a model: the git state of vibbench's source and the versions of vibbench and torch."""
+    versions = library_versions()
+    return {"git": git_state(), "vibbench": versions["vibbench"], "torch": versions["torch"]}
+
+
 def provenance(*, config_hash: str, run_id: str, seeds, device: str, extra: dict | None = None) -> dict:
     return {
         "run_id": run_id,

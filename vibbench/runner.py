@@ -31,7 +31,7 @@ from .evaluate import clean_metrics
 from .locks import folder_lock
 from .harness import OOD_PAIRS, SECTIONS, calibration_records, noise_images, ood_records, robustness_records, shift_records
 from .progress import log
-from .provenance import provenance
+from .provenance import code_version, git_state, provenance
 from .report import write_report
 from .results import summary_markdown, write_json, write_metrics
 from .population import population_key, train_population
@@ -206,6 +206,7 @@ def finish_job(cfg: RunConfig, spec: ModelSpec, seed: int, model, trained, data:
         "history": trained.history,
         "train_seconds": trained.seconds,
         "eval_seconds": time.perf_counter() - t0,
+        "trained_by": code_version(),
         "metrics": [{"split": s, "eval_mode": m, "metric": k, "value": v} for s, d in metrics.items() for (m, k), v in d.items()],
     }
     write_json(folder / "result.json", sealed(record))
@@ -423,6 +424,7 @@ def run(
     from .executors import LocalExecutor
 
     started = time.perf_counter()
+    git_at_start = git_state()  # the code that runs; provenance is written at the end, when the tree may have moved on
     deterministic()
     out_dir = Path(out_dir) if out_dir is not None else Path("results") / cfg.run_id
     # absolute: the executor's workers may not share this process's working directory
@@ -434,7 +436,7 @@ def run(
         # what killed runs left half-written: their temporary files (targets are replaced atomically)
         remove_stale_temps(out_dir, recursive=True)
         remove_stale_temps(cache_dir)
-        return _run_locked(cfg, out_dir, cache_dir, data_dir, retrain, train, trainer, executor or LocalExecutor(), started)
+        return _run_locked(cfg, out_dir, cache_dir, data_dir, retrain, train, trainer, executor or LocalExecutor(), started, git_at_start)
 
 
 def deterministic() -> None:
@@ -444,7 +446,7 @@ def deterministic() -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
-def _run_locked(cfg, out_dir, cache_dir, data_dir, retrain, train, trainer, executor, started) -> Path:
+def _run_locked(cfg, out_dir, cache_dir, data_dir, retrain, train, trainer, executor, started, git_at_start) -> Path:
     dataset = load_dataset(cfg.train.dataset, data_dir)
     log(
         f"run {cfg.run_id}: {len(cfg.models)} model(s) x {len(cfg.seeds)} seed(s) on {cfg.train.dataset} "
@@ -482,6 +484,7 @@ def _run_locked(cfg, out_dir, cache_dir, data_dir, retrain, train, trainer, exec
             seeds=cfg.seeds,
             device=cfg.device,
             extra={
+                "git": git_at_start,
                 "profile": cfg.profile,
                 "options": options,
                 "wall_seconds": time.perf_counter() - started,
@@ -489,6 +492,8 @@ def _run_locked(cfg, out_dir, cache_dir, data_dir, retrain, train, trainer, exec
                 "training_path": {"population": "populations (torch.func vmap over stacked parameters)", "single": "one model at a time"}[trainer],
                 "executor": executor.describe(),
                 "job_hashes": {f"{s.label} seed {seed}": cfg.job_hash(s, seed) for seed in cfg.seeds for s in cfg.models},
+                # jobs reused from the cache were trained by the code of an earlier run
+                "trained_by": {f"{s.label} seed {seed}": results[(s, seed)][0].get("trained_by") for s, seed in jobs},
             },
         ),
     )

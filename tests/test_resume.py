@@ -115,23 +115,26 @@ def run_seconds(first_and_second):
 
 
 def test_sigkill_during_training_and_during_evaluation_then_resume_gives_identical_metrics(tmp_path, reference):
+    """The local executor trains a model and evaluates it before the next: kill during the first
+    model's evaluation, then during the second model's training."""
     out, cache = tmp_path / "out", tmp_path / "cache"
 
     run = Run(out, cache)
-    run.wait_for("mlp_dropout seed 0: trained in")  # the second model is training now
+    run.wait_for("mlp_dropout seed 0: calibration evaluated")  # three more sections of this model to go
     assert run.kill()
-    assert on_disk(out, cache) == {"trained": 1, "evaluated": 0, "metrics": False}
+    left = on_disk(out, cache)
+    assert left["trained"] == 1 and 1 <= left["evaluated"] < SECTIONS // 2 and not left["metrics"], left
 
     run = Run(out, cache)
-    run.wait_for("mlp_dropout seed 0: calibration evaluated")  # three more sections of this model, then four of the other
+    run.wait_for("mlp_dropout seed 0: robustness evaluated")  # its last section: mlp_vib trains now (3 epochs)
     assert run.kill()
     assert "mlp_dropout seed 0: trained model cached" in run.err  # the finished model was not retrained
-    left = on_disk(out, cache)
-    assert left["trained"] == 2 and 1 <= left["evaluated"] < SECTIONS and not left["metrics"], left
+    assert run.err.count("evaluated in") == SECTIONS // 2 - left["evaluated"]  # finished sections were reused
+    assert on_disk(out, cache) == {"trained": 1, "evaluated": SECTIONS // 2, "metrics": False}
 
     err = complete(out, cache)
-    assert err.count("trained model cached") == 2 and "trained in" not in err  # nothing trained again
-    assert err.count("evaluated in") == SECTIONS - left["evaluated"]  # finished sections were reused
+    assert err.count("trained model cached") == 1 and "mlp_dropout seed 0: trained in" not in err  # nothing trained again
+    assert err.count("mlp_vib seed 0: trained in") == 1 and err.count("evaluated in") == SECTIONS // 2
     no_partial_files(out, cache)
     assert (out / "metrics.csv").read_bytes() == reference
 

@@ -150,6 +150,6 @@ def test_precision_is_validated_and_named_in_the_job_hash_only_when_not_fp32():
     with pytest.raises(VibbenchError, match="precision 'fp16'.*fp32, bf16"):
         TrainConfig(precision="fp16")
     assert "precision" not in TrainConfig().to_dict()  # jobs cached before the field existed keep their names
-    fp32, bf16 = (make_run_config("smoke", device="cpu", precision=p) for p in ("fp32", "bf16"))
+    fp32, bf16 = (make_run_config("smoke", device="cpu", train={"precision": p}) for p in ("fp32", "bf16"))
     assert fp32.config_hash != bf16.config_hash and bf16.train.to_dict()["precision"] == "bf16"
     assert fp32.config_hash == make_run_config("smoke", device="cpu").config_hash

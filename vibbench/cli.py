@@ -83,7 +83,7 @@ def _executor_options(run) -> None:
 
 def run_options(args) -> dict:
     """The run's options: the --config file's, overridden by the options given on the command line."""
-    from .config_file import check_option, load_options
+    from .config_file import check_option, check_train_field, load_options
 
     options = load_options(args.config) if args.config is not None else {}
     given = {
@@ -97,12 +97,7 @@ def run_options(args) -> dict:
     }
     options = options | {k: check_option(k, v, "--" + k.replace("_", "-")) for k, v in given.items() if v is not None}
     if args.precision is not None:  # a training field, like the file's [train] precision
-        from .precision import check_precision
-
-        try:
-            options["train"] = dict(options.get("train") or {}) | {"precision": check_precision(args.precision)}
-        except VibbenchError as exc:
-            raise VibbenchError(f"--precision: {exc}") from None
+        options["train"] = dict(options.get("train") or {}) | {"precision": check_train_field("precision", args.precision, "--precision")}
     return options
 
 

@@ -294,7 +294,6 @@ def make_run_config(
     device: str = "auto",
     epochs: int | None = None,
     evaluate: bool = True,
-    precision: str | None = None,
     local_device: bool = True,
     train: dict | None = None,
 ) -> RunConfig:
@@ -306,8 +305,7 @@ def make_run_config(
     prof = PROFILES[profile]
     if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or not 1 <= seeds <= MAX_SEEDS):
         raise VibbenchError(f"seeds must be a whole number from 1 to {MAX_SEEDS}, got {seeds!r}")
-    top = {"dataset": dataset, "epochs": epochs, "precision": precision}
-    changes = dict(train or {}) | {k: v for k, v in top.items() if v is not None}
+    changes = dict(train or {}) | {k: v for k, v in {"dataset": dataset, "epochs": epochs}.items() if v is not None}
     known = [f.name for f in dataclasses.fields(TrainConfig)]
     for name in changes:
         if name not in known:

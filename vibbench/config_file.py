@@ -77,6 +77,11 @@ def check_option(key: str, value, where: str):
     return _CHECKS[key](value, where)
 
 
+def check_train_field(name: str, value, where: str):
+    """Validate one field of the [train] table (e.g. precision given as --precision)."""
+    return _TRAIN_FIELD_CHECKS[name](value, where)
+
+
 def run_config_from_options(options: dict, local_device: bool = True) -> RunConfig:
     """The RunConfig of validated options (defaults: the quick profile, device auto, evaluation on);
     local_device=False: the jobs run elsewhere (Ray), so device cuda needs no GPU here."""

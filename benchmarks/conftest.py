@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vibbench import bench
+from vibbench.bench import throughput as bench
 
 DEFAULT_BATCHES = (100, 1000)
 DEFAULT_HEAD_BATCHES = (100, 10000)

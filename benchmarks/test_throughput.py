@@ -1,6 +1,6 @@
 """Throughput regression benchmarks of the VIB classifier (pytest-benchmark); see README.md.
 
-The callables come from `vibbench.bench` (shared with `vibbench bench`): each is built and warmed
+The callables come from `vibbench.bench.throughput` (shared with `vibbench bench`): each is built and warmed
 up before timing (for torch.compile the first, compiling call is reported as compile_seconds in
 extra_info) and synchronizes the GPU before returning. Nothing here asserts a speed.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from vibbench import bench
+from vibbench.bench import throughput as bench
 
 
 def skip_if_unavailable(impl: str, device: str) -> None:

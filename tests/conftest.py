@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from vibbench import create_model
-from vibbench.config import TrainConfig
-from vibbench.data import load_dataset
-from vibbench.train import train_model
+from vibbench.training.config import TrainConfig
+from vibbench.data.datasets import load_dataset
+from vibbench.training.single import train_model
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vibbench.cli as cli
-import vibbench.runner as runner
+import vibbench.runs.runner as runner
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20)
 values = st.one_of(text, st.integers(-5, 10**6).map(str), st.floats(allow_nan=True).map(str), st.sampled_from(["mlp_vib:beta=", "mlp_*:beta=1e9", "mlp_vib:beta=nan", ":", "*"]))

@@ -1,18 +1,35 @@
-"""vibbench: a benchmark suite for Variational Information Bottleneck classifiers."""
+"""vibbench: a benchmark suite for Variational Information Bottleneck classifiers.
 
-from .classifier import Classifier, ForwardDetails
-from .errors import VibbenchError
-from .head import kl_divergence, reparameterize
-from .registry import create_model, list_models
+The public API is loaded on first use (PEP 562), so that `import vibbench` and the command line's
+`--help` do not pay for torch before they need it.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Classifier",
-    "ForwardDetails",
-    "VibbenchError",
-    "create_model",
-    "kl_divergence",
-    "list_models",
-    "reparameterize",
-]
+_API = {
+    "Classifier": "vibbench.models.classifier",
+    "ForwardDetails": "vibbench.models.classifier",
+    "VibbenchError": "vibbench.core.errors",
+    "create_model": "vibbench.models.registry",
+    "kl_divergence": "vibbench.models.head",
+    "list_models": "vibbench.models.registry",
+    "reparameterize": "vibbench.models.head",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'vibbench' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

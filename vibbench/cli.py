@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import VibbenchError, describe_os_error
+from vibbench.core.errors import VibbenchError, describe_os_error
 
 
 def _positive_int(text: str) -> int:
@@ -20,8 +20,8 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import DEVICES, PROFILES
-    from .data import DATASETS
+    from vibbench.runs.config import DEVICES, PROFILES
+    from vibbench.data.datasets import DATASETS
 
     parser = argparse.ArgumentParser(prog="vibbench", description="Benchmark suite for Variational Information Bottleneck classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="print the model registry")
     lst.add_argument("patterns", nargs="*", metavar="PATTERN")
 
-    from .bench import add_bench_parser
+    from vibbench.bench.throughput import add_bench_parser
 
     add_bench_parser(sub)
 
@@ -68,7 +68,7 @@ def _run_options(run, PROFILES, DATASETS, DEVICES) -> None:
 
 
 def _executor_options(run) -> None:
-    from .executors import DEFAULT_MAX_RETRIES, EXECUTORS, MAX_RETRIES
+    from vibbench.runs.executors import DEFAULT_MAX_RETRIES, EXECUTORS, MAX_RETRIES
 
     run.add_argument("--executor", default="local", help=f"where the jobs run: one of {', '.join(EXECUTORS)} (default: local, one after the other here)")
     ray = run.add_argument_group(
@@ -83,7 +83,7 @@ def _executor_options(run) -> None:
 
 def run_options(args) -> dict:
     """The run's options: the --config file's, overridden by the options given on the command line."""
-    from .config_file import check_option, check_train_field, load_options
+    from vibbench.runs.config_file import check_option, check_train_field, load_options
 
     options = load_options(args.config) if args.config is not None else {}
     given = {
@@ -102,9 +102,9 @@ def run_options(args) -> dict:
 
 
 def cmd_run(args) -> None:
-    from .config_file import run_config_from_options
-    from .executors import make_executor
-    from .runner import resolve_trainer, run
+    from vibbench.runs.config_file import run_config_from_options
+    from vibbench.runs.executors import make_executor
+    from vibbench.runs.runner import resolve_trainer, run
 
     cfg = run_config_from_options(run_options(args), local_device=args.executor != "ray")
     train = args.command == "run"
@@ -128,13 +128,13 @@ def cmd_run(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from .report import write_report
+    from vibbench.reporting.report import write_report
 
     print(write_report(args.run_dir))
 
 
 def cmd_list(args) -> None:
-    from .registry import create_model, list_models
+    from vibbench.models.registry import create_model, list_models
 
     names = list_models(args.patterns or None)
     if args.patterns and not names:
@@ -147,7 +147,7 @@ def cmd_list(args) -> None:
 
 
 def cmd_data(args) -> None:
-    from .data import prepare_dataset
+    from vibbench.data.datasets import prepare_dataset
 
     for name in args.names or ["mnist"]:
         print(f"{name}: {prepare_dataset(name, args.data_dir)}")
@@ -156,7 +156,7 @@ def cmd_data(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from .bench import cmd_bench
+        from vibbench.bench.throughput import cmd_bench
 
         {"run": cmd_run, "eval": cmd_run, "report": cmd_report, "list": cmd_list, "data": cmd_data, "bench": cmd_bench}[args.command](args)
     except VibbenchError as exc:

@@ -1,0 +1,199 @@
+"""Robustness: the harness against torchattacks run directly, worst-case aggregation, masking checks."""
+
+import math
+
+import pytest
+import torch
+import torchattacks
+from torch import nn
+
+from vibbench import VibbenchError
+from vibbench.evaluation.attacks import AttackTarget, adversarial_examples
+from vibbench.evaluation.settings import AttackSettings, autoattack_label, check_eps
+from vibbench.evaluation.robustness import evaluate_robustness, masking_flags, worst_case
+
+N = 100
+
+
+def small(**kw):
+    base = dict(
+        attacks=("fgsm", "pgd"),
+        linf_eps=(0.1, 0.3),
+        l2_eps=(1.0,),
+        expensive_eps=(0.3,),
+        large_eps=(("linf", 0.9),),
+        subset=N,
+        expensive_subset=N,
+        pgd_steps=10,
+        square_queries=300,
+        batch_size=N,
+    )
+    return AttackSettings(**(base | kw))
+
+
+def by(records, metric, **match):
+    return [r["value"] for r in records if r["metric"] == metric and all(r[k] == v for k, v in match.items())]
+
+
+def test_harness_equals_torchattacks_run_directly(trained_mlp, synthetic):
+    x, y = synthetic.test.images[:N], synthetic.test.labels[:N]
+    records = evaluate_robustness(trained_mlp, x, y, small(), seed=5)
+    for eps in (0.1, 0.3):
+        adv = torchattacks.FGSM(trained_mlp, eps=eps)(x, y)
+        direct = (trained_mlp(adv).argmax(1) == y).float().mean().item()
+        assert by(records, "robust_accuracy", attack="fgsm", eps=eps) == [direct]
+        torch.manual_seed(5)  # the harness seeds the attack's random start the same way
+        adv = torchattacks.PGD(trained_mlp, eps=eps, alpha=2.5 * eps / 10, steps=10, random_start=True)(x, y)
+        direct = (trained_mlp(adv).argmax(1) == y).float().mean().item()
+        assert by(records, "robust_accuracy", attack="pgd", eps=eps) == [direct]
+    clean = by(records, "robust_accuracy", attack="clean")[0]
+    assert clean > 0.8 and by(records, "robust_accuracy", attack="pgd", eps=0.3)[0] < clean
+
+
+def test_worst_case_on_a_constructed_case():
+    t = lambda *bits: torch.tensor(bits, dtype=torch.bool)
+    robust = {
+        ("fgsm", "direct", "linf", 0.1): t(1, 1, 1, 0),
+        ("pgd", "direct", "linf", 0.1): t(1, 0, 1, 0),
+        ("fgsm", "direct", "linf", 0.3): t(1, 1, 0, 0),
+        ("pgd", "direct", "linf", 0.3): t(1, 1, 1, 0),  # point 1 "recovers" at 0.3: still broken
+        ("cw", "direct", "l2", 1.0): t(0, 1, 1, 1, 1, 1),  # a longer subset is cut to the shortest
+    }
+    worst = worst_case(robust)
+    assert worst[("linf", 0.1)].tolist() == [True, False, True, False]
+    assert worst[("linf", 0.3)].tolist() == [True, False, False, False]
+    assert worst[("l2", 1.0)].tolist() == [False, True, True, True, True, True]
+
+
+def test_masking_flags_on_constructed_tables():
+    key = lambda a, e, p="direct", n="linf": (a, p, n, e)
+    acc = {key("pgd", 0.1): 0.5, key("pgd", 0.3): 0.2, key("fgsm", 0.3): 0.3, key("square", 0.3): 0.25}
+    n = dict.fromkeys(acc, 1000)
+    quiet = masking_flags(acc, n, {key("pgd", 0.9): 0.0}, {"direct": 0.0}, 10)
+    assert not any(quiet.values())
+    loud = masking_flags(
+        acc | {key("pgd", 0.3): 0.6, key("square", 0.3): 0.1},
+        n,
+        {key("pgd", 0.9): 0.5},
+        {"direct": 0.2},
+        10,
+    )
+    assert all(loud.values())
+
+
+class Quantized(nn.Module):
+    """Gradient masking by a non-differentiable input quantization: every input gradient is zero."""
+
+    stochastic = False
+    num_classes = 10
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.mean_mode = inner, False
+
+    def forward(self, x):
+        return self.inner(torch.round(x * 4) / 4)
+
+
+class FarMasked(nn.Module):
+    """Masks gradients only far (L-inf > 0.2) from the clean images: PGD's random start at eps 0.3
+    lands there and the attack stalls, so robust accuracy rises with eps."""
+
+    stochastic = False
+    num_classes = 10
+
+    def __init__(self, inner, clean):
+        super().__init__()
+        self.inner, self.clean, self.mean_mode = inner, clean.flatten(1), False
+
+    def forward(self, x):
+        dist = (x.flatten(1)[:, None, :] - self.clean[None]).abs().amax(-1).min(-1).values
+        far = (dist > 0.2)[:, None]
+        return torch.where(far, self.inner(x.detach()), self.inner(x))
+
+
+def flags_of(records):
+    return {r["metric"][5:]: bool(r["value"]) for r in records if r["metric"].startswith("flag_")}
+
+
+def test_masking_checks_stay_quiet_on_a_normal_model(trained_mlp, synthetic):
+    x, y = synthetic.test.images[:N], synthetic.test.labels[:N]
+    flags = flags_of(evaluate_robustness(trained_mlp, x, y, small(attacks=("fgsm", "pgd", "square")), seed=0))
+    assert flags == {"nonmonotone": False, "large_eps": False, "blackbox_stronger": False, "zero_grad": False}
+
+
+def test_masking_checks_fire_on_quantized_inputs(trained_mlp, synthetic):
+    x, y = synthetic.test.images[:N], synthetic.test.labels[:N]
+    flags = flags_of(evaluate_robustness(Quantized(trained_mlp), x, y, small(attacks=("fgsm", "pgd", "square")), seed=0))
+    assert flags["zero_grad"] and flags["large_eps"] and flags["blackbox_stronger"]
+
+
+def test_nonmonotone_check_fires_when_gradients_vanish_at_large_eps(trained_mlp, synthetic):
+    x, y = synthetic.test.images[:N], synthetic.test.labels[:N]
+    model = FarMasked(trained_mlp, x)
+    records = evaluate_robustness(model, x, y, small(attacks=("pgd",), linf_eps=(0.1, 0.3)), seed=0)
+    assert by(records, "robust_accuracy", attack="pgd", eps=0.3)[0] > by(records, "robust_accuracy", attack="pgd", eps=0.1)[0]
+    assert flags_of(records)["nonmonotone"]
+
+
+def test_stochastic_models_are_attacked_through_both_paths(trained_vib, synthetic):
+    x, y = synthetic.test.images[:40], synthetic.test.labels[:40]
+    records = evaluate_robustness(trained_vib, x, y, small(attacks=("fgsm", "pgd", "cw"), subset=40, expensive_subset=40, eot_iter=2, cw_steps=10), seed=0)
+    paths = {r["path"] for r in records if r["metric"] == "robust_accuracy" and r["attack"] in ("fgsm", "pgd", "cw")}
+    assert paths == {"mean", "eot"}
+    worst = by(records, "robust_accuracy", attack="worst_case", norm="linf", eps=0.3)[0]
+    per_attack = [v for v in by(records, "robust_accuracy", norm="linf", eps=0.3) if v is not None]
+    assert worst <= min(per_attack)
+    assert all(math.isfinite(v) for v in by(records, "robust_accuracy"))
+
+
+def test_attack_target_fits_the_torchattacks_contract(trained_vib):
+    x = torch.rand(3, 1, 28, 28)
+    mean = AttackTarget(trained_vib, "mean")
+    with torch.no_grad():
+        assert torch.equal(mean(x), mean(x))  # the mean path is deterministic
+        assert mean(x).shape == (3, 10)
+    assert trained_vib.mean_mode is False  # restored
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: AttackSettings(attacks=("deepfool",)), "unknown attack 'deepfool'"),
+        (lambda: check_eps("l1", 1.0), "no attack for norm 'l1'"),
+        (lambda: AttackSettings(linf_eps=(0.1, 1.5)), "outside [0, 1]"),
+        (lambda: AttackSettings(linf_eps=(-0.1,)), "eps must be a finite number >= 0"),
+        (lambda: AttackSettings(subset=0), "subset must be a positive integer"),
+    ],
+)
+def test_bad_attack_input(call, message):
+    with pytest.raises(VibbenchError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        call()
+
+
+def test_empty_subset_is_refused(trained_mlp):
+    empty = torch.zeros(0, 1, 28, 28)
+    with pytest.raises(VibbenchError, match="subset is empty"):
+        evaluate_robustness(trained_mlp, empty, torch.zeros(0, dtype=torch.long), small())
+    with pytest.raises(VibbenchError, match="subset is empty"):
+        adversarial_examples(trained_mlp, empty, torch.zeros(0, dtype=torch.long), "fgsm", 0.1, "direct", small())
+
+
+def test_autoattack_is_only_called_standard_with_the_original_settings():
+    assert autoattack_label(AttackSettings()).startswith("AutoAttack (standard")
+    assert "AutoAttack-style" in autoattack_label(AttackSettings(apgd_steps=10))
+
+
+def test_cw_breaks_models_whose_outputs_are_log_probabilities(trained_vib, trained_mlp, synthetic):
+    # torchattacks' CW margin is constantly 0 on all-negative outputs; PositiveLogits fixes it exactly
+    from vibbench.evaluation.attacks import PositiveLogits
+
+    x = synthetic.test.images[:20]
+    target = AttackTarget(trained_vib, "mean")
+    with torch.no_grad():
+        out, shifted = target(x), PositiveLogits(target)(x)
+    assert (out <= 0).all() and (shifted >= 1).all()
+    torch.testing.assert_close(shifted.log_softmax(1), out.log_softmax(1))
+    for model in (trained_vib, trained_mlp):
+        records = evaluate_robustness(model, x, synthetic.test.labels[:20], small(attacks=("cw",), subset=20, expensive_subset=20, cw_steps=30, l2_eps=(5.0,)), seed=0)
+        assert max(by(records, "robust_accuracy", attack="cw")) < by(records, "robust_accuracy", attack="clean")[0]

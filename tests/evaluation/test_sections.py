@@ -1,0 +1,75 @@
+"""The evaluation harness's sections on small trained models: structure and invariants of the records."""
+
+import math
+
+import pytest
+import torch
+
+from vibbench.data.corruptions import CORRUPTIONS
+from vibbench.evaluation.settings import EvalConfig
+from vibbench.evaluation.sections import calibration_records, noise_images, ood_records, predictions, shift_records
+from vibbench.core.errors import VibbenchError
+
+
+def values(records, metric, **match):
+    return [r["value"] for r in records if r["metric"] == metric and all(r.get(k) == v for k, v in match.items())]
+
+
+def test_calibration_records(trained_vib, synthetic):
+    recs = calibration_records(trained_vib, synthetic.val, synthetic.test, EvalConfig(), seed=0)
+    for mode in ("predictor", "mean"):
+        (t,) = values(recs, "temperature", eval_mode=mode, calibration="temperature")
+        assert 0.05 <= t <= 20
+        (nll_raw,) = values(recs, "nll", eval_mode=mode, calibration="none")
+        (nll_ts,) = values(recs, "nll", eval_mode=mode, calibration="temperature")
+        assert math.isfinite(nll_raw) and math.isfinite(nll_ts)
+        counts = values(recs, "reliability_count", eval_mode=mode, calibration="none")
+        assert len(counts) == 15 and sum(counts) == synthetic.test.labels.numel()
+        (acc,) = values(recs, "accuracy", eval_mode=mode, calibration="none")
+        (acc_ts,) = values(recs, "accuracy", eval_mode=mode, calibration="temperature")
+        assert acc == acc_ts  # a temperature never changes the argmax
+
+
+def test_predictions_are_seeded_and_mean_mode_is_deterministic(trained_vib, synthetic):
+    x = synthetic.test.images[:64]
+    a, kl_a = predictions(trained_vib, x, "predictor", seed=1)
+    b, _ = predictions(trained_vib, x, "predictor", seed=1)
+    assert torch.equal(a, b) and kl_a.shape == (64,) and (kl_a >= 0).all()
+    m1, _ = predictions(trained_vib, x, "mean", seed=1)
+    m2, _ = predictions(trained_vib, x, "mean", seed=2)
+    assert torch.equal(m1, m2)
+    torch.testing.assert_close(a.exp().sum(1), torch.ones(64, dtype=torch.float64))
+
+
+def test_ood_records_include_the_rate_for_vib_only(trained_vib, trained_mlp, synthetic):
+    noise = noise_images(200, seed=0)
+    vib = ood_records(trained_vib, synthetic.test, noise, "noise", seed=0)
+    det = ood_records(trained_mlp, synthetic.test, noise, "noise", seed=0)
+    assert {r["score"] for r in vib} == {"msp", "entropy", "rate"}
+    assert {r["score"] for r in det} == {"msp", "entropy"}
+    for r in vib + det:
+        if r["metric"] in ("auroc", "aupr", "fpr95"):
+            assert 0 <= r["value"] <= 1
+    # uniform noise is far from the synthetic digits: every score separates it well
+    assert min(values(vib, "auroc")) > 0.8
+    fpr = values(vib, "roc_fpr", score="msp")
+    assert fpr[0] == 0 and fpr[-1] == 1 and fpr == sorted(fpr)
+
+
+def test_shift_records_cover_every_corruption_and_severity(trained_mlp, synthetic):
+    cfg = EvalConfig(severities=(1, 5), shift_subset=100)
+    recs = shift_records(trained_mlp, synthetic.test, cfg, seed=0)
+    assert {(r["corruption"], r["severity"]) for r in recs} == {(c, s) for c in CORRUPTIONS for s in (1, 5)}
+    assert all(0 <= v <= 1 for v in values(recs, "accuracy"))
+    # on average over corruptions, severity 5 hurts more than severity 1
+    mean = lambda s: sum(values(recs, "accuracy", severity=s)) / len(CORRUPTIONS)
+    assert mean(5) < mean(1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"corruptions": ("snow",)}, "unknown corruption 'snow'"), ({"severities": (6,)}, "severity 6"), ({"shift_subset": 0}, "shift_subset")],
+)
+def test_bad_eval_config(kwargs, message):
+    with pytest.raises(VibbenchError, match=message):
+        EvalConfig(**kwargs)

@@ -1,0 +1,106 @@
+"""The registry and the model contract, for every registered model."""
+
+import pytest
+import torch
+
+import vibbench
+from vibbench import VibbenchError, create_model, list_models
+from vibbench.models.head import log_mean_softmax
+
+
+def test_registry_is_backbone_times_method():
+    names = list_models()
+    assert {"mlp_vib", "mlp_deterministic", "mlp_dropout", "mlp_label_smoothing", "mlp_confidence_penalty"} <= set(names)
+    for method in ("vib", "deterministic", "dropout", "label_smoothing", "confidence_penalty"):
+        assert len(list_models(f"*_{method}")) >= 2
+    assert list_models("mlp_*") == sorted(n for n in names if n.startswith("mlp_"))
+    assert list_models(["mlp_vib", "conv_v*"]) == ["conv_vib", "mlp_vib"]
+    assert list_models("nothing*") == []
+
+
+def test_unknown_model_names_the_closest_match():
+    with pytest.raises(VibbenchError, match="mlp_vib"):
+        create_model("mlp_vbi")
+
+
+@pytest.mark.parametrize(
+    "name, overrides, match",
+    [
+        ("mlp_vib", {"beta": -1e-3}, "beta must be >= 0"),
+        ("mlp_vib", {"beta": float("nan")}, "beta must be >= 0"),
+        ("mlp_deterministic", {"beta": 1e-3}, "only applies to VIB"),
+        ("mlp_dropout", {"dropout": 1.0}, "dropout must be in"),
+        ("mlp_vib", {"gamma": 1.0}, "unknown option"),
+    ],
+)
+def test_bad_overrides_are_refused(name, overrides, match):
+    with pytest.raises(VibbenchError, match=match):
+        create_model(name, **overrides)
+
+
+def test_none_overrides_are_dropped_and_beta_is_an_override():
+    assert create_model("mlp_vib", beta=None).method.beta == 1e-3
+    assert create_model("mlp_vib", beta=1e-2).method.beta == 1e-2
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_forward_backward(name):
+    torch.manual_seed(0)
+    model = create_model(name)
+    x = torch.rand(5, 1, 28, 28)
+    y = torch.randint(0, 10, (5,))
+    model.train()
+    out = model(x)
+    assert out.shape == (5, 10) and torch.isfinite(out).all()
+    torch.nn.functional.cross_entropy(out, y).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    model.eval()
+    with torch.no_grad():
+        flat = model(x.reshape(5, 784))
+    assert flat.shape == (5, 10) and torch.isfinite(flat).all()
+    details = model.forward_details(x)
+    assert details.kl.shape == (5,) and details.mu.shape == (5, model.latent_dim)
+    assert details.logits.shape == (model.num_samples, 5, 10)
+    assert model.num_samples == (12 if model.stochastic else 1)
+    model.train()
+    assert model.num_samples == 1
+    with pytest.raises(ValueError, match="expects images"):
+        model(torch.rand(5, 3, 28, 28))
+
+
+def test_stochastic_predictor_is_log_of_averaged_softmax():
+    torch.manual_seed(0)
+    model = create_model("mlp_vib").eval()
+    x = torch.rand(3, 784)
+    eps = torch.randn(12, 3, 256)
+    with torch.no_grad():
+        got = model.forward_details(x, eps=eps).prediction()
+        h = model.encoder_head(model.backbone(x.reshape(3, 1, 28, 28)))
+        mu, s = h[:, :256], h[:, 256:]
+        std = torch.nn.functional.softplus(s - 5)
+        probs = torch.stack([torch.softmax(model.decoder(mu + eps[i] * std), -1) for i in range(12)]).mean(0)
+    torch.testing.assert_close(got, probs.log(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, log_mean_softmax(model.decoder(mu + eps * std)))
+    assert model.stochastic and not create_model("mlp_dropout").stochastic
+
+
+def test_mean_mode_is_deterministic_and_sampling_is_not():
+    torch.manual_seed(0)
+    model = create_model("mlp_vib").eval()
+    # make the posterior wide so that samples visibly differ
+    with torch.no_grad():
+        model.encoder_head.bias[256:] += 8.0
+    x = torch.rand(4, 784)
+    with torch.no_grad():
+        assert not torch.equal(model(x), model(x))
+        model.mean_mode = True
+        a, b = model(x), model(x)
+    assert torch.equal(a, b)
+    mu = model.forward_details(x).mu
+    torch.testing.assert_close(a, torch.log_softmax(model.decoder(mu), -1))
+
+
+def test_public_api():
+    assert callable(vibbench.kl_divergence) and callable(vibbench.list_models) and callable(vibbench.create_model)

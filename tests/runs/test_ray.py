@@ -1,0 +1,132 @@
+"""The smoke sweep on a real local Ray instance (2 CPUs): the same metrics.csv as the local executor,
+byte for byte, also when a worker is killed mid-way; a failing job is reported and the others kept.
+Skipped when Ray is not installed (`pip install 'vibbench[ray]'`)."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+from vibbench.cli import main  # noqa: E402
+from vibbench.runs.config import make_run_config  # noqa: E402
+from vibbench.runs.runner import job_dir  # noqa: E402
+
+SMOKE = ["run", "--profile", "smoke", "--dataset", "synthetic"]
+THREADS = 1
+"""torch threads of a job: each Ray task declares (and uses) this many CPUs, and the local reference runs
+with as many, since CPU kernels' sums depend on the thread count in their last bits (see README)."""
+
+
+def sweep(base: Path, *extra) -> tuple[int, Path]:
+    out = base / "out"
+    return main([*SMOKE, "--out", str(out), "--cache-dir", str(base / "cache"), *extra]), out
+
+
+def on_ray(base: Path, *extra) -> tuple[int, Path]:
+    return sweep(base, "--executor", "ray", "--ray-cpus-per-job", str(THREADS), *extra)
+
+
+@pytest.fixture(scope="module")
+def local_metrics(tmp_path_factory):
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        code, out = sweep(tmp_path_factory.mktemp("local"))
+    finally:
+        torch.set_num_threads(before)
+    assert code == 0
+    return (out / "metrics.csv").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """A local Ray instance with 2 CPUs, started by this process: `--executor ray` uses its connection."""
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def test_smoke_sweep_on_ray_gives_the_local_metrics(tmp_path, local_metrics, ray_instance, capsys):
+    code, out = on_ray(tmp_path)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert (out / "metrics.csv").read_bytes() == local_metrics
+    assert "ray: 5 job(s) submitted" in err and "ray: 5/5 jobs done, 0 running, 0 failed" in err
+    prov = (out / "provenance.json").read_text()
+    assert '"name": "ray"' in prov and f'"ray_version": "{ray.__version__}"' in prov
+
+    # a rerun submits nothing: every job is finished in the cache
+    assert on_ray(tmp_path)[0] == 0
+    assert "submitted" not in capsys.readouterr().err
+    assert (out / "metrics.csv").read_bytes() == local_metrics
+
+
+def lock_holder(lock: Path) -> int | None:
+    """The pid holding an flock on `lock`, from /proc/locks (the job folder's lock is held by the worker running it)."""
+    st = lock.stat()
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" not in fields and fields[1] == "FLOCK" and fields[5] == ident:
+            return int(fields[4])
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="finds the worker through /proc/locks (Linux)")
+def test_a_worker_killed_mid_job_is_retried_and_the_metrics_still_match(tmp_path, local_metrics, ray_instance, capsys):
+    killed: list[int] = []
+    done = threading.Event()
+
+    def kill_a_worker_mid_evaluation():
+        # a job whose model is trained and whose first evaluation section is written, still running
+        while not done.is_set() and not killed:
+            for section in (tmp_path / "cache" / "jobs").glob("*/eval-calibration-*.json"):
+                pid = lock_holder(section.parent / ".lock")
+                if pid is not None and pid != os.getpid():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    break
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_a_worker_mid_evaluation)
+    killer.start()
+    try:
+        code, out = on_ray(tmp_path)
+    finally:
+        done.set()
+        killer.join()
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert killed, "no worker was found mid-job"
+    assert "restarted (attempt 2 of 3), resuming from the cache" in err
+    assert (out / "metrics.csv").read_bytes() == local_metrics
+
+
+def test_a_failing_job_is_reported_the_others_are_kept_and_a_rerun_resumes(tmp_path, ray_instance, capsys):
+    models = ["mlp_vib", "mlp_dropout"]
+    cfg = make_run_config("smoke", dataset="synthetic", models=models, device="cpu", evaluate=False)
+    broken = job_dir(tmp_path / "cache", cfg.job_hash(cfg.models[0], 0)) / "train_state.pt"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not a checkpoint")
+
+    code, out = on_ray(tmp_path, "--models", *models, "--no-eval")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "vibbench: error: 1 of 2 job(s) failed on Ray: mlp_vib seed 0: VibbenchError: checkpoint" in err
+    assert "rerun the same command to resume" in err
+    assert "restarted" not in err  # a VibbenchError is the same on every try: not retried
+    assert not (out / "metrics.csv").exists()
+    assert (job_dir(tmp_path / "cache", cfg.job_hash(cfg.models[1], 0)) / "result.json").exists()
+
+    broken.unlink()
+    code, out = on_ray(tmp_path, "--models", *models, "--no-eval")
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "ray: 1 job(s) submitted" in err and "mlp_dropout seed 0: trained model cached" in err
+    assert (out / "metrics.csv").exists()

@@ -1,0 +1,48 @@
+"""The one exception type the command line turns into a clean message, and wording for OS errors."""
+
+from __future__ import annotations
+
+import difflib
+import errno
+
+
+class VibbenchError(Exception):
+    """A problem the user can fix; the message says what to do.
+
+    The CLI prints the message and exits with status 2 instead of a traceback.
+    """
+
+
+_DISK_FULL = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted", errno.EFBIG: "a file size limit was reached"}
+_NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """The OS's words for `exc` plus what it means for a run: 'No space left on device (the disk is full)'."""
+    text = exc.strerror or str(exc)
+    if exc.errno in _DISK_FULL:
+        return f"{text} ({_DISK_FULL[exc.errno]})"
+    if exc.errno in _NOT_ALLOWED:
+        return f"{text} (the folder is read-only or belongs to someone else)"
+    return text
+
+
+def is_disk_full(exc: OSError) -> bool:
+    return exc.errno in _DISK_FULL
+
+
+def unknown_name_message(kind: str, name: str, known: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return f"unknown {kind} {name!r}.{hint} Known: {', '.join(known)}."
+
+
+def check_positive_int(name: str, value, *, allow_none: bool = False) -> int | None:
+    """`value` if it is a whole number >= 1 (booleans are not numbers here), else a VibbenchError naming `name`;
+    with allow_none, None passes too ("null" in config files)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        either = " or null" if allow_none else ""
+        raise VibbenchError(f"{name} must be a positive integer{either}, got {value!r}")
+    return value

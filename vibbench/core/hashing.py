@@ -1,0 +1,12 @@
+"""Content hashes that name runs, jobs and cache entries."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+
+def stable_hash(obj) -> str:
+    """SHA-256 of the canonical JSON of `obj` (sorted keys, no whitespace)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,118 @@
+"""The evaluation harness: calibration, OOD detection, distribution shift and adversarial robustness
+of one trained model, as measurement records (condition columns of metrics.csv + metric + value).
+
+Pure: a model and data in, records out. Stochastic predictions are drawn under a fixed seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vibbench.evaluation.settings import AttackSettings, EvalConfig
+from vibbench.evaluation.calibration import calibration_metrics, fit_temperature, reliability_bins
+from vibbench.models.classifier import Classifier
+from vibbench.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from vibbench.core.errors import VibbenchError
+from vibbench.evaluation.clean import EVAL_MODES
+from vibbench.evaluation.ood import entropy_score, msp_score, ood_metrics, roc_curve
+from vibbench.core.errors import unknown_name_message
+from vibbench.evaluation.robustness import evaluate_robustness
+
+OOD_PAIRS = {"mnist": "fashion-mnist", "fashion-mnist": "mnist", "synthetic": "noise"}
+"""The OOD set of each dataset; "noise" is uniform noise images, generated from the seed."""
+
+ROC_POINTS = 101  # points kept per ROC curve in metrics.csv (enough to draw it)
+
+
+@torch.no_grad()
+def predictions(model: Classifier, images: torch.Tensor, mode: str, *, batch_size: int = 1000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probabilities (N, C) on the CPU in float64, per-example KL (N,)) in eval mode under a fixed seed."""
+    was_mean = model.mean_mode
+    model.eval()
+    model.mean_mode = mode == "mean"
+    devices = [images.device] if images.is_cuda else []
+    n = images.shape[0]
+    logps = torch.empty(n, model.num_classes, dtype=torch.float64)  # filled chunk by chunk: memory is the output plus one chunk
+    kls = torch.empty(n, dtype=torch.float64)
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for i in range(0, n, batch_size):
+                out = model.forward_details(images[i : i + batch_size])
+                logps[i : i + batch_size] = F.log_softmax(out.prediction().double(), -1).cpu()
+                kls[i : i + batch_size] = out.kl.double().cpu()
+    finally:
+        model.mean_mode = was_mean
+    return logps, kls
+
+
+def noise_images(n: int, seed: int) -> torch.Tensor:
+    """Uniform-noise images: the OOD set of the synthetic dataset."""
+    return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+def calibration_records(model, val, test, cfg: EvalConfig, seed: int) -> list[dict]:
+    records = []
+    for mode in EVAL_MODES:
+        if mode == "mean" and not model.stochastic:
+            continue  # identical to the predictor
+        val_logp, _ = predictions(model, val.images, mode, seed=seed)
+        test_logp, _ = predictions(model, test.images, mode, seed=seed)
+        y_val, y_test = val.labels.cpu(), test.labels.cpu()
+        temperature = fit_temperature(val_logp, y_val)
+        for calibration, t in (("none", 1.0), ("temperature", temperature)):
+            base = {"split": "test", "eval_mode": mode, "calibration": calibration}
+            for metric, value in calibration_metrics(test_logp, y_test, t, cfg.calibration_bins).items():
+                records.append(base | {"metric": metric, "value": value})
+            records.append(base | {"metric": "temperature", "value": t})
+            scaled = F.log_softmax(test_logp / t, -1)
+            bins = reliability_bins(scaled, y_test, cfg.calibration_bins)
+            for i, row in bins.iterrows():
+                for col in ("count", "accuracy", "confidence", "lower", "upper"):
+                    value = row["bin_" + col] if col in ("lower", "upper") else row[col]
+                    records.append(base | {"bin": int(i), "metric": f"reliability_{col}", "value": float(value)})
+    return records
+
+
+def ood_records(model, test, ood_images: torch.Tensor, ood_name: str, seed: int) -> list[dict]:
+    records = []
+    logp_in, kl_in = predictions(model, test.images, "predictor", seed=seed)
+    logp_out, kl_out = predictions(model, ood_images, "predictor", seed=seed + 1)
+    scores = {"msp": (msp_score(logp_in), msp_score(logp_out)), "entropy": (entropy_score(logp_in), entropy_score(logp_out))}
+    if model.stochastic:
+        scores["rate"] = (kl_in, kl_out)  # Alemi, Fischer & Dillon 2018: the rate as an uncertainty signal
+    for score, (s_in, s_out) in scores.items():
+        s_in, s_out = np.asarray(s_in, dtype=np.float64), np.asarray(s_out, dtype=np.float64)
+        base = {"split": "test", "eval_mode": "predictor", "ood": ood_name, "score": score}
+        for metric, value in ood_metrics(s_in, s_out).items():
+            records.append(base | {"metric": metric, "value": value})
+        fpr, tpr = roc_curve(s_in, s_out)
+        keep = np.unique(np.linspace(0, len(fpr) - 1, min(ROC_POINTS, len(fpr))).round().astype(int))
+        for i, j in enumerate(keep):
+            records.append(base | {"bin": i, "metric": "roc_fpr", "value": float(fpr[j])})
+            records.append(base | {"bin": i, "metric": "roc_tpr", "value": float(tpr[j])})
+    return records
+
+
+def shift_records(model, test, cfg: EvalConfig, seed: int) -> list[dict]:
+    records = []
+    x, y = test.images[: cfg.shift_subset], test.labels[: cfg.shift_subset].cpu()
+    for name in cfg.corruptions:
+        for severity in cfg.severities:
+            logp, _ = predictions(model, corrupt(x, name, severity, seed=seed), "predictor", seed=seed)
+            m = calibration_metrics(logp, y, 1.0, cfg.calibration_bins)
+            base = {"split": "test", "eval_mode": "predictor", "corruption": name, "severity": severity, "n": int(y.numel())}
+            records += [base | {"metric": k, "value": m[k]} for k in ("accuracy", "ece", "nll")]
+    return records
+
+
+def robustness_records(model, test, settings: AttackSettings, seed: int, label: str = "") -> list[dict]:
+    return [{"split": "test", "eval_mode": "predictor"} | r for r in evaluate_robustness(model, test.images, test.labels, settings, seed=seed, label=label)]
+
+
+SECTIONS = ("calibration", "ood", "shift", "robustness")

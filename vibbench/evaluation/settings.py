@@ -1,0 +1,134 @@
+"""What the evaluation measures: the attack settings and the evaluation config, part of a run's hash."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from vibbench.core.errors import VibbenchError, unknown_name_message
+from vibbench.data.corruptions import CORRUPTIONS, SEVERITIES
+
+
+NORMS = ("linf", "l2")
+PATHS = ("direct", "mean", "eot")
+"""direct: a deterministic model as it is; mean: a stochastic model's z = mu path; eot: its stochastic predictor with EOT."""
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    norm: str
+    white_box: bool
+    minimal: bool = False  # finds a minimal perturbation; budgets are applied afterwards
+
+
+ATTACKS: dict[str, AttackSpec] = {
+    a.name: a
+    for a in (
+        AttackSpec("fgsm", "linf", True),
+        AttackSpec("pgd", "linf", True),
+        AttackSpec("pgd_l2", "l2", True),
+        AttackSpec("cw", "l2", True, minimal=True),
+        AttackSpec("square", "linf", False),
+        AttackSpec("autoattack", "linf", True),
+    )
+}
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """Everything that decides what the attacks do; saved with the results."""
+
+    attacks: tuple[str, ...] = ("fgsm", "pgd", "pgd_l2", "cw", "square", "autoattack")
+    linf_eps: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
+    l2_eps: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+    expensive_eps: tuple[float, ...] = (0.1, 0.3)  # L-inf budgets for square and autoattack
+    large_eps: tuple[tuple[str, float], ...] = (("linf", 0.9), ("l2", 20.0))  # sanity check: accuracy ~ chance
+    subset: int = 1000  # the first N test images (as the paper does)
+    expensive_subset: int = 1000  # the first N for cw, square and autoattack
+    pgd_steps: int = 40
+    eot_iter: int = 10  # forward passes averaged per gradient on the EOT path
+    cw_steps: int = 100
+    cw_cs: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)  # CW is run at each c; per example the smallest success counts
+    cw_lr: float = 0.1  # Adam step in tanh space; 0.01 with 100 steps leaves most examples unbroken on MNIST
+    apgd_steps: int = 100
+    fab_steps: int = 100
+    square_queries: int = 5000
+    batch_size: int = 500
+
+    def __post_init__(self):
+        for name in self.attacks:
+            if name not in ATTACKS:
+                raise VibbenchError(unknown_name_message("attack", name, tuple(ATTACKS)))
+        for norm, grid in (("linf", self.linf_eps), ("l2", self.l2_eps)):
+            for eps in grid:
+                check_eps(norm, eps)
+        for eps in self.expensive_eps:
+            check_eps("linf", eps)
+        for norm, eps in self.large_eps:
+            check_eps(norm, eps)
+        if not self.cw_cs or not all(isinstance(c, (int, float)) and c > 0 for c in self.cw_cs):
+            raise VibbenchError(f"cw_cs must be positive numbers, got {self.cw_cs!r}")
+        for name in ("subset", "expensive_subset", "pgd_steps", "eot_iter", "cw_steps", "apgd_steps", "fab_steps", "square_queries", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise VibbenchError(f"attack setting {name} must be a positive integer, got {value!r}")
+
+    def grid(self, norm: str) -> tuple[float, ...]:
+        return {"linf": self.linf_eps, "l2": self.l2_eps}[check_norm(norm)]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def check_norm(norm: str) -> str:
+    if norm not in NORMS:
+        raise VibbenchError(f"no attack for norm {norm!r}: vibbench attacks in {', '.join(NORMS)}")
+    return norm
+
+
+def check_eps(norm: str, eps: float) -> float:
+    check_norm(norm)
+    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise VibbenchError(f"eps must be a finite number >= 0, got {eps!r}")
+    if norm == "linf" and eps > 1:
+        raise VibbenchError(f"L-infinity eps {eps} is outside [0, 1]: budgets are in [0, 1] pixel space (MNIST's standard is 0.3)")
+    return float(eps)
+
+
+def autoattack_label(s: AttackSettings) -> str:
+    """Name the ensemble by what ran; 'AutoAttack (standard)' only when it matches the original's settings."""
+    original = s.apgd_steps == 100 and s.fab_steps == 100 and s.square_queries == 5000
+    detail = f"APGD-CE {s.apgd_steps} steps, APGD-T 9x{s.apgd_steps}, FAB-T 9x{s.fab_steps}, Square {s.square_queries} queries"
+    return f"AutoAttack (standard: {detail})" if original else f"AutoAttack-style ensemble ({detail}; the original runs 100/100/5000)"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What the harness measures beyond clean accuracy; part of a run's config and hash."""
+
+    attacks: AttackSettings | None = AttackSettings()  # None: no robustness section
+    calibration_bins: int = 15
+    ood: bool = True
+    corruptions: tuple[str, ...] = tuple(CORRUPTIONS)
+    severities: tuple[int, ...] = SEVERITIES
+    shift_subset: int = 10_000  # the first N test images are corrupted
+
+    def __post_init__(self):
+        for name in self.corruptions:
+            if name not in CORRUPTIONS:
+                raise VibbenchError(unknown_name_message("corruption", name, tuple(CORRUPTIONS)))
+        for s in self.severities:
+            if s not in SEVERITIES:
+                raise VibbenchError(f"severity {s!r} is not one of {SEVERITIES}")
+        if not isinstance(self.shift_subset, int) or self.shift_subset < 1:
+            raise VibbenchError(f"shift_subset must be a positive integer, got {self.shift_subset!r}")
+        if not isinstance(self.calibration_bins, int) or self.calibration_bins < 1:
+            raise VibbenchError(f"calibration_bins must be a positive integer, got {self.calibration_bins!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "EvalConfig":
+        return dataclasses.replace(self, **changes)

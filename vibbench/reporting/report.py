@@ -1,0 +1,607 @@
+"""The report of a run: report.md and figures/*.png + *.pdf, rebuilt from metrics.csv alone.
+
+`write_report(run_dir)` reads `run_dir/metrics.csv` (and `config.json` / `provenance.json` when
+present, for the provenance header) and writes, each file atomically, the figures first and
+`report.md` last, so the report never links to a figure that is not there. Sections, in order:
+clean accuracy, adversarial robustness, calibration, OOD detection, distribution shift, the β
+sweep, training. A section whose measurements are absent says so in one line.
+
+Data stay fractions; percent, rounding and "mean ± half-width of the 95% t-interval over seeds"
+appear only in the rendered Markdown (`results._cell`). A cell shows a plain value for one seed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vibbench.reporting import figures as plots
+from vibbench.core.atomic import atomic_write_text
+from vibbench.reporting.markdown import markdown_table
+from vibbench.reporting.figures import ATTACK_NAMES, MODE_NAMES, SCORE_NAMES, clean_rows, model_order, tidy_metrics
+from vibbench.reporting.metrics import _cell, read_metrics, summary_markdown
+
+SECTIONS = (
+    "Clean accuracy",
+    "Adversarial robustness",
+    "Calibration",
+    "Out-of-distribution detection",
+    "Distribution shift",
+    "The β sweep",
+    "Training",
+)
+FLAG_NAMES = ("nonmonotone", "large_eps", "blackbox_stronger", "zero_grad")
+NORM_TITLES = {"linf": "L∞", "l2": "L2"}
+SWEEP_EPS = (0.1, 0.3)
+
+
+# ---------------------------------------------------------------------------------------------
+# small Markdown helpers
+
+
+def _per_seed(sel: pd.DataFrame) -> list[float]:
+    """One value per seed (several rows of a seed are averaged), in seed order."""
+    sel = sel[sel.value.notna()]
+    if sel.empty:
+        return []
+    return sel.groupby("seed", dropna=False)["value"].mean().tolist()
+
+
+def _pct(sel: pd.DataFrame, digits: int = 2) -> str:
+    return _cell(_per_seed(sel), digits=digits)
+
+
+def _num(sel: pd.DataFrame, digits: int = 3) -> str:
+    return _cell(_per_seed(sel), scale=1.0, digits=digits, suffix="")
+
+
+def _seeds(sel: pd.DataFrame) -> str:
+    return str(sel.seed.nunique())
+
+
+def _eps(eps: float) -> str:
+    return f"ε={eps:g}"
+
+
+def _not_run(what: str) -> list[str]:
+    return [f"*Not run: {what}*"]
+
+
+def _close(a: pd.Series, b: float) -> pd.Series:
+    return pd.Series(np.isclose(a.to_numpy(dtype=float), b, rtol=0, atol=1e-9), index=a.index)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "data"
+
+
+def _read_json(path: Path) -> tuple[dict, str | None]:
+    if not path.is_file():
+        return {}, None
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return {}, f"{path.name} could not be read ({exc}); its details are missing below"
+    return (obj, None) if isinstance(obj, dict) else ({}, f"{path.name} is not a JSON object; its details are missing below")
+
+
+def _get(obj, *keys, default=None):
+    for key in keys:
+        if not isinstance(obj, dict) or key not in obj or obj[key] is None:
+            return default
+        obj = obj[key]
+    return obj
+
+
+def _fmt_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt_value(v) for v in value) if value else "none"
+    if isinstance(value, dict):
+        return "; ".join(f"{k}={_fmt_value(v)}" for k, v in value.items())
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# provenance header
+
+
+def _eval_section(config: dict) -> dict:
+    ev = _get(config, "eval")
+    return ev if isinstance(ev, dict) else {}
+
+
+def autoattack_label(config: dict) -> str | None:
+    ev = _eval_section(config)
+    label = ev.get("autoattack_label") or _get(ev, "attacks", "autoattack_label")
+    return str(label) if label else None
+
+
+def _provenance_lines(df: pd.DataFrame, config: dict, prov: dict, problems: list[str]) -> list[str]:
+    run_ids = [r for r in pd.unique(df.run_id) if r] if "run_id" in df else []
+    run_id = _get(prov, "run_id") or _get(config, "run_id") or (", ".join(run_ids) if run_ids else "unknown")
+    lines = [f"# vibbench report: {run_id}", ""]
+    items: list[tuple[str, str]] = [("run id", f"`{run_id}`")]
+    if _get(prov, "created"):
+        items.append(("date", str(prov["created"])))
+    commit, dirty = _get(prov, "git", "commit"), _get(prov, "git", "dirty")
+    if commit:
+        state = {True: "with uncommitted changes", False: "clean"}.get(dirty, "state unknown")
+        items.append(("git commit", f"`{str(commit)[:12]}` ({state})"))
+    elif prov:
+        items.append(("git commit", "unknown (not run from a git checkout)"))
+    device = _get(prov, "device_name")
+    if device or _get(prov, "device"):
+        items.append(("device", " ".join(x for x in (str(device or ""), f"({prov['device']})" if _get(prov, "device") else "") if x)))
+    if _get(prov, "versions", "torch"):
+        items.append(("torch", str(prov["versions"]["torch"])))
+    wall = _get(prov, "wall_seconds")
+    if isinstance(wall, (int, float)):
+        items.append(("wall time", f"{wall:.0f} s ({wall / 60:.1f} min)"))
+    profile = _get(prov, "profile") or _get(config, "profile")
+    if profile:
+        items.append(("profile", f"`{profile}`"))
+    if _get(prov, "config_hash") or _get(config, "config_hash"):
+        items.append(("config hash", f"`{str(_get(prov, 'config_hash') or _get(config, 'config_hash'))[:16]}`"))
+    datasets = [d for d in pd.unique(df.dataset) if d]
+    if datasets:
+        source = _get(prov, "dataset", "source")
+        items.append(("dataset", ", ".join(datasets) + (f" (from {source})" if source else "")))
+    seeds = sorted(int(s) for s in pd.unique(df.seed.dropna()))
+    if seeds:
+        items.append(("seeds", ", ".join(map(str, seeds))))
+    if len(df):
+        items.append(("models", str(len(model_order(df)))))
+    train = _get(config, "train")
+    if isinstance(train, dict):
+        keys = ("epochs", "batch_size", "lr", "max_train_examples", "max_eval_examples", "eval_samples")
+        items.append(("training", ", ".join(f"{k}={_fmt_value(train[k])}" for k in keys if k in train)))
+    ev = _eval_section(config)
+    if ev:
+        attacks = ev.get("attacks")
+        if isinstance(attacks, dict):
+            items.append(("attack settings", _fmt_value(attacks)))
+        elif "attacks" in ev and attacks is None:
+            items.append(("attack settings", "robustness not evaluated"))
+        rest = {k: v for k, v in ev.items() if k not in ("attacks", "autoattack_label")}
+        if rest:
+            items.append(("evaluation settings", _fmt_value(rest)))
+        if autoattack_label(config):
+            items.append(("AutoAttack", autoattack_label(config)))
+    lines += [f"- **{k}**: {v}" for k, v in items]
+    if not prov and not config:
+        lines.append("- no config.json or provenance.json next to metrics.csv: the provenance of these numbers is unknown")
+    lines += [f"- note: {p}" for p in problems]
+    lines += [
+        "",
+        "Built from metrics.csv alone. Values are percentages unless a unit is given. With several seeds a cell reads "
+        "mean ± half-width of the 95% Student-t interval over seeds; with one seed it is the plain value. "
+        "`—` marks a measurement that is absent.",
+    ]
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# sections; each returns Markdown lines for one dataset's rows
+
+Embed = Callable[[str, str], list[str]]
+
+
+def _clean_section(d: pd.DataFrame, ctx: dict, embed: Embed) -> list[str]:
+    c = clean_rows(d)
+    c = c[c.split.isin(["test", "val"]) & c.metric.isin(["error", "accuracy"])]
+    if c.empty:
+        return _not_run("metrics.csv has no clean test or validation accuracy rows.")
+    lines = [
+        "Top-1 error on the clean test and validation splits in % (accuracy = 100% − error). For VIB the predictor "
+        "averages the softmax over 12 draws of z; the mean mode uses z = μ. Rate = E[KL(q(z|x) ‖ N(0, I))] in bits, "
+        "an upper bound on I(Z;X); train time in seconds per (model, seed).",
+        "",
+    ]
+    allc = clean_rows(d)
+    summary = summary_markdown(allc[allc.split.isin(["test", "val", "train"])], title="clean")
+    lines += [line for line in summary.splitlines() if line.startswith("|")]
+    rows = []
+    for label in model_order(c):
+        m = allc[allc.label == label]
+        sel = lambda split, mode, metric, m=m: m[(m.split == split) & (m.eval_mode == mode) & (m.metric == metric)]  # noqa: E731
+        rows.append(
+            [f"`{label}`", _pct(sel("test", "predictor", "accuracy")), _pct(sel("test", "mean", "accuracy")), _num(sel("test", "predictor", "nll"), 4)]
+        )
+    lines += ["", *markdown_table(["model", "test accuracy", "test accuracy (mean mode)", "test NLL (nats)"], rows)]
+    lines += ["", *embed("clean_error", "Clean test error per model (dots: seeds)")]
+    return lines
+
+
+def _flags_by_model(d: pd.DataFrame) -> dict[str, str]:
+    checks = d[(d.attack == "checks") & d.metric.str.startswith("flag_")]
+    out = {}
+    for label, g in checks.groupby("label", sort=False):
+        seeds = g.seed.nunique()
+        fired = []
+        for metric in [f"flag_{f}" for f in FLAG_NAMES] + sorted(set(g.metric) - {f"flag_{f}" for f in FLAG_NAMES}):
+            on = g[(g.metric == metric) & (g.value >= 0.5)]
+            if not on.empty:
+                k = on.seed.nunique()
+                fired.append(metric[len("flag_") :] + (f" ({k}/{seeds} seeds)" if k < seeds else ""))
+        out[label] = "⚠ " + ", ".join(fired) if fired else "none"
+    return out
+
+
+def _robustness_section(d: pd.DataFrame, ctx: dict, embed: Embed) -> list[str]:
+    rob = d[d.attack != ""]
+    ra = rob[(rob.metric == "robust_accuracy") & rob.norm.isin(list(NORM_TITLES)) & rob.eps.notna()]
+    if ra.empty:
+        return _not_run("metrics.csv has no adversarial robustness rows (attack, norm, eps).")
+    n_max = int(rob.n.max()) if rob.n.notna().any() else None
+    subset = f"the first {n_max} test images" if n_max else "a test subset"
+    lines = [
+        f"Robust accuracy in %: the fraction of {subset} that the model's own predictor classifies correctly on the "
+        "adversarial example (a clean mistake never counts as robust). ε is the attack budget: L∞ in pixel scale [0, 1] "
+        "(MNIST's standard is 0.3), L2 as the Euclidean norm of the perturbation over the 28×28 image in the same scale. "
+        "The worst case counts an example as robust at ε only if it survives every attack on every gradient path "
+        "(direct; for stochastic models the mean path z = μ and EOT over the sampled predictor) at every ε' ≤ ε: it is the "
+        "number to quote. The flags are gradient-masking checks (nonmonotone: accuracy rises with ε; large_eps: accuracy "
+        "stays above chance at a huge budget; blackbox_stronger: the black-box Square attack beats the white-box ones; "
+        "zero_grad: over 1% of examples have an exactly zero input gradient); a fired flag means the number may overstate "
+        "robustness.",
+    ]
+    label = autoattack_label(ctx["config"])
+    if label and (rob.attack == "autoattack").any():
+        lines += ["", f"The `autoattack` rows are: {label}."]
+    elif label:
+        lines += ["", f"AutoAttack as configured: {label}."]
+    flags = _flags_by_model(rob)
+    clean = rob[(rob.attack == "clean") & (rob.metric == "robust_accuracy")]
+    wc_all = ra[ra.attack == "worst_case"]
+    labels = model_order(ra)
+    for norm, title in NORM_TITLES.items():
+        wc = wc_all[wc_all.norm == norm]
+        if wc.empty:
+            continue
+        eps_list = sorted(set(wc.eps))
+        rows = []
+        for lab in labels:
+            m = wc[wc.label == lab]
+            if m.empty:
+                continue
+            rows.append(
+                [f"`{lab}`", _seeds(m), _pct(clean[clean.label == lab])]
+                + [_pct(m[_close(m.eps, e)]) for e in eps_list]
+                + [flags.get(lab, "—")]
+            )
+        lines += ["", f"**Worst-case robust accuracy, {title} (%)**", ""]
+        lines += markdown_table(["model", "seeds", "clean"] + [_eps(e) for e in eps_list] + ["flags"], rows)
+    if wc_all.empty:
+        lines += ["", "No worst-case rows: see the per-attack tables."]
+        if flags:
+            lines[-1] += " Gradient-masking flags: " + "; ".join(f"`{k}`: {v}" for k, v in flags.items()) + "."
+    dist = rob[rob.metric == "median_adv_distance"]
+    for norm, title in NORM_TITLES.items():
+        single = ra[(ra.norm == norm) & (ra.attack != "worst_case")]
+        if single.empty:
+            continue
+        eps_list = sorted(set(single.eps))
+        attacks = [a for a in ATTACK_NAMES if a in set(single.attack)] + sorted(set(single.attack) - set(ATTACK_NAMES))
+        has_dist = not dist[dist.norm == norm].empty
+        rows = []
+        for lab in labels:
+            for attack in attacks:
+                for path in pd.unique(single.path[(single.label == lab) & (single.attack == attack)]):
+                    m = single[(single.label == lab) & (single.attack == attack) & (single.path == path)]
+                    row = [f"`{lab}`", attack, path or "—", str(int(m.n.max())) if m.n.notna().any() else "—"]
+                    row += [_pct(m[_close(m.eps, e)]) for e in eps_list]
+                    if has_dist:
+                        dd = dist[(dist.label == lab) & (dist.attack == attack) & (dist.path == path)]
+                        row.append(_num(dd, 3) if not dd.empty else "—")
+                    rows.append(row)
+        header = ["model", "attack", "path", "n"] + [_eps(e) for e in eps_list] + (["median ‖δ‖₂ of successes"] if has_dist else [])
+        lines += ["", f"**Per attack and gradient path, {title} (robust accuracy, %)**", ""]
+        lines += markdown_table(header, rows)
+    lines += _checksmarkdown_table(rob, labels)
+    lines += ["", *embed("robust_accuracy", "Robust accuracy against ε (thick: worst case; thin: each attack at its strongest path)")]
+    return lines
+
+
+def _checksmarkdown_table(rob: pd.DataFrame, labels: list[str]) -> list[str]:
+    zero = rob[(rob.attack == "gradient") & (rob.metric == "zero_grad_fraction")]
+    large = rob[rob.metric == "large_eps_accuracy"]
+    if zero.empty and large.empty:
+        return []
+    budgets = sorted({(a, nm, e) for a, nm, e in zip(large.attack, large.norm, large.eps)}, key=lambda t: (t[1] != "linf", t[2], t[0]))
+    paths = [p for p in pd.unique(pd.concat([zero.path, large.path])) if p]
+    rows = []
+    for lab in labels:
+        for path in paths:
+            z = zero[(zero.label == lab) & (zero.path == path)]
+            cells = [_pct(large[(large.label == lab) & (large.path == path) & (large.attack == a) & (large.norm == nm) & _close(large.eps, e)])
+                     for a, nm, e in budgets]  # fmt: skip
+            if z.empty and all(c == "—" for c in cells):
+                continue
+            rows.append([f"`{lab}`", path, _pct(z)] + cells)
+    if not rows:
+        return []
+    header = ["model", "path", "zero-gradient examples"] + [f"{ATTACK_NAMES.get(a, a)} {NORM_TITLES.get(nm, nm)} {_eps(e)}, no random start" for a, nm, e in budgets]
+    return [
+        "",
+        "**Gradient-masking checks (%)**: share of examples whose input gradient is exactly zero, and accuracy at a very "
+        "large budget, which should be near chance (10% for 10 classes).",
+        "",
+        *markdown_table(header, rows),
+    ]
+
+
+def _calibration_section(d: pd.DataFrame, ctx: dict, embed: Embed) -> list[str]:
+    cal = d[(d.calibration != "") & d.bin.isna()]
+    if cal.empty:
+        return _not_run("metrics.csv has no calibration rows.")
+    n_bins = _get(ctx["config"], "eval", "calibration_bins")
+    if n_bins is None:
+        bins = d[(d.calibration != "") & d.bin.notna()].bin
+        n_bins = int(bins.max()) + 1 if not bins.empty else 15
+    lines = [
+        f"Calibration of the test-set predictions. ECE: expected calibration error with {n_bins} equal-width confidence "
+        "bins (the mass-weighted mean |accuracy − confidence| of the top-1 prediction) in percentage points; MCE: the "
+        "largest bin gap; adaptive ECE: the same with equal-mass bins; NLL: mean negative log-likelihood in nats per "
+        "example; Brier: multi-class Brier score in [0, 2]. Temperature scaling divides the logits by T fitted on the "
+        "validation split (minimum NLL); T > 1 means the model was over-confident. The mean mode uses z = μ.",
+        "",
+    ]
+    rows = []
+    for lab in model_order(cal):
+        for mode in [m for m in MODE_NAMES if m in set(cal.eval_mode[cal.label == lab])]:
+            m = cal[(cal.label == lab) & (cal.eval_mode == mode)]
+            none, temp = m[m.calibration == "none"], m[m.calibration == "temperature"]
+            rows.append(
+                [
+                    f"`{lab}`",
+                    mode,
+                    _pct(none[none.metric == "ece"]),
+                    _pct(none[none.metric == "mce"]),
+                    _pct(none[none.metric == "adaptive_ece"]),
+                    _num(none[none.metric == "nll"], 4),
+                    _num(none[none.metric == "brier"], 4),
+                    _pct(temp[temp.metric == "ece"]),
+                    _num(temp[temp.metric == "nll"], 4),
+                    _num(temp[temp.metric == "temperature"], 2),
+                ]
+            )
+    header = ["model", "eval mode", "ECE", "MCE", "adaptive ECE", "NLL (nats)", "Brier", "ECE after T", "NLL after T (nats)", "T"]
+    lines += markdown_table(header, rows)
+    lines += ["", *embed(
+        "reliability",
+        "Reliability diagrams of the predictor before temperature scaling: bars = accuracy per confidence bin, "
+        "dots = mean confidence in the bin (on the dashed diagonal when calibrated); below, the share of test "
+        "examples per bin (log scale); bins pooled over seeds",
+    )]
+    return lines
+
+
+def _ood_section(d: pd.DataFrame, ctx: dict, embed: Embed) -> list[str]:
+    o = d[(d.ood != "") & d.metric.isin(["auroc", "aupr", "fpr95"])]
+    if o.empty:
+        return _not_run("metrics.csv has no OOD detection rows.")
+    dataset = ", ".join(p for p in pd.unique(d.dataset) if p) or "the in-distribution"
+    lines = [
+        f"Separating the {dataset} test images (negatives) from an out-of-distribution set (positives) by a score that "
+        "is higher for OOD: minus the maximum softmax probability (msp), the predictive entropy in nats (entropy), or for "
+        "VIB the per-example rate KL(q(z|x) ‖ r(z)) (rate). AUROC: probability that a random OOD image scores above a "
+        "random in-distribution one (50% = chance); AUPR: average precision with OOD positive; FPR@95: share of "
+        "in-distribution images flagged at the threshold that catches 95% of the OOD images (lower is better). All in %.",
+    ]
+    for ood in pd.unique(o.ood):
+        od = o[o.ood == ood]
+        rows = []
+        for lab in model_order(od):
+            for score in [s for s in SCORE_NAMES if s in set(od.score[od.label == lab])] + sorted(set(od.score[od.label == lab]) - set(SCORE_NAMES)):
+                m = od[(od.label == lab) & (od.score == score)]
+                rows.append([f"`{lab}`", score, _pct(m[m.metric == "auroc"]), _pct(m[m.metric == "aupr"]), _pct(m[m.metric == "fpr95"])])
+        lines += ["", f"**OOD set: {ood}**", ""]
+        lines += markdown_table(["model", "score", "AUROC", "AUPR", "FPR@95"], rows)
+    lines += ["", *embed("ood_roc", "ROC curves of OOD detection")]
+    return lines
+
+
+def _shift_section(d: pd.DataFrame, ctx: dict, embed: Embed) -> list[str]:
+    sh = d[(d.corruption != "") & d.severity.notna() & d.metric.isin(["accuracy", "ece", "nll"])]
+    if sh.empty:
+        return _not_run("metrics.csv has no distribution-shift (corruption) rows.")
+    n = int(sh.n.max()) if sh.n.notna().any() else None
+    severities = sorted(int(s) for s in set(sh.severity))
+    corruptions = list(pd.unique(sh.corruption))
+    lines = [
+        f"Accuracy (%) and ECE (%, 15 equal-width bins unless configured otherwise) of the predictor on "
+        f"{f'the first {n}' if n else 'the'} test images, corrupted by each of {len(corruptions)} corruptions "
+        f"({', '.join(corruptions)}) at severity 1 (mild) to 5 (strong); the parameters per severity are in "
+        "`vibbench/corruptions.py`. Severity 0 is the clean test set. The main tables average over corruptions "
+        "(per seed, then over seeds); the full table is below.",
+    ]
+    clean = clean_rows(d)
+    clean_acc = clean[(clean.split == "test") & (clean.eval_mode == "predictor") & (clean.metric == "accuracy")]
+    clean_ece = d[(d.calibration == "none") & (d.eval_mode == "predictor") & (d.metric == "ece") & d.bin.isna()]
+    labels = model_order(sh)
+    for metric, title, clean_sel in (("accuracy", "Accuracy", clean_acc), ("ece", "ECE", clean_ece)):
+        md = sh[sh.metric == metric]
+        if md.empty:
+            continue
+        rows = []
+        for lab in labels:
+            m = md[md.label == lab]
+            rows.append(
+                [f"`{lab}`", _pct(clean_sel[clean_sel.label == lab])]
+                + [_pct(m[m.severity == s]) for s in severities]
+                + [_pct(m)]
+            )
+        lines += ["", f"**{title} under corruption, mean over corruptions (%)**", ""]
+        lines += markdown_table(["model", "clean"] + [f"severity {s}" for s in severities] + ["mean"], rows)
+    acc = sh[sh.metric == "accuracy"]
+    if not acc.empty:
+        rows = []
+        for lab in labels:
+            for corruption in corruptions:
+                m = acc[(acc.label == lab) & (acc.corruption == corruption)]
+                if not m.empty:
+                    rows.append([f"`{lab}`", corruption] + [_pct(m[m.severity == s]) for s in severities])
+        lines += ["", "<details><summary>Accuracy per corruption and severity (%)</summary>", ""]
+        lines += markdown_table(["model", "corruption"] + [f"severity {s}" for s in severities], rows)
+        lines += ["", "</details>"]
+    lines += ["", *embed("shift", "Accuracy and ECE against corruption severity")]
+    return lines
+
+
+def _sweep_section(d: pd.DataFrame, ctx: dict, embed: Embed) -> list[str]:
+    clean = clean_rows(d)
+    vib = clean[clean.method == "vib"]
+    betas = sorted(set(vib.beta.dropna()))
+    if len(betas) < 2:
+        return _not_run(f"the β sweep needs VIB models at 2 or more distinct β; this run has {len(betas)}.")
+    rob = d[(d.attack == "worst_case") & (d.norm == "linf") & (d.metric == "robust_accuracy")]
+    sweep_eps = [e for e in SWEEP_EPS if _close(rob.eps, e).any()]
+    ece = d[(d.calibration == "none") & (d.eval_mode == "predictor") & (d.metric == "ece") & d.bin.isna()]
+    lines = [
+        "The VIB models ordered by β, the weight of the rate in the loss CE + β·KL. Test error in % (stochastic "
+        "predictor); rate = E[KL(q(z|x) ‖ N(0, I))] in bits, an upper bound on I(Z;X); I(Z;Y) ≥ H(Y) − E[−log q(y|z)] in "
+        "bits, a lower bound (at most log2 10 ≈ 3.32 bits for 10 balanced classes); worst-case robust accuracy (%) at "
+        "the L∞ budgets shown and ECE (%) where measured. Alemi et al. (2017) find the best robustness at intermediate β.",
+        "",
+    ]
+    keys = vib.drop_duplicates("label")[["label", "backbone", "beta"]].sort_values(["backbone", "beta"], kind="stable")
+    rows = []
+    for r in keys.itertuples():
+        m = vib[vib.label == r.label]
+        sel = lambda metric, m=m: m[(m.split == "test") & (m.eval_mode == "predictor") & (m.metric == metric)]  # noqa: E731
+        row = [f"`{r.label}`", f"{r.beta:g}", _seeds(m), _pct(sel("error")), _num(sel("rate_bits"), 2), _num(sel("izy_bits"), 3)]
+        row += [_pct(rob[(rob.label == r.label) & _close(rob.eps, e)]) for e in sweep_eps]
+        row += [_pct(ece[ece.label == r.label])] if not ece.empty else []
+        rows.append(row)
+    header = ["model", "β", "seeds", "test error", "rate I(Z;X) ≤ (bits)", "I(Z;Y) ≥ (bits)"]
+    header += [f"worst-case L∞ {_eps(e)}" for e in sweep_eps] + (["ECE"] if not ece.empty else [])
+    lines += markdown_table(header, rows)
+    lines += ["", *embed("beta_sweep", "Test error and rate against β")]
+    lines += ["", *embed(
+        "information_plane",
+        "The information plane: I(Z;Y) lower bound against the I(Z;X) upper bound, in bits, one point per VIB model "
+        "(mean over seeds; error bars: 95% t-interval when there are several)",
+    )]
+    return lines
+
+
+def _training_section(d: pd.DataFrame, ctx: dict, embed: Embed) -> list[str]:
+    c = clean_rows(d)
+    tr = c[(c.split == "train") & (c.eval_mode == "training")]
+    if tr.empty:
+        return _not_run("metrics.csv has no training rows.")
+    epochs = _get(ctx["config"], "train", "epochs")
+    device = _get(ctx["prov"], "device_name") or _get(ctx["prov"], "device")
+    lines = [
+        "Wall-clock training time in seconds per (model, seed)"
+        + (f" on {device}" if device else "")
+        + ", training throughput in examples per second (mean over epochs), and the last epoch's loss, cross-entropy "
+        "and KL term in nats per example (KL is 0 for non-VIB models).",
+        "",
+    ]
+    rows = []
+    for lab in model_order(tr):
+        m = tr[tr.label == lab]
+        row = [f"`{lab}`", _seeds(m), _num(m[m.metric == "seconds"], 1)]
+        if isinstance(epochs, int) and epochs > 0:
+            row.append(_cell([v / epochs for v in _per_seed(m[m.metric == "seconds"])], scale=1.0, digits=2, suffix=""))
+        row += [_num(m[m.metric == "examples_per_second"], 0), _num(m[m.metric == "loss"], 4), _num(m[m.metric == "ce"], 4), _num(m[m.metric == "kl"], 4)]
+        rows.append(row)
+    header = ["model", "seeds", "time (s)"] + (["time per epoch (s)"] if isinstance(epochs, int) and epochs > 0 else [])
+    header += ["examples / s", "final loss (nats)", "final CE (nats)", "final KL (nats)"]
+    lines += markdown_table(header, rows)
+    total = tr[tr.metric == "seconds"].value.sum()
+    lines += ["", f"Total training time over all models and seeds: {total:.0f} s ({total / 60:.1f} min)."]
+    return lines
+
+
+SECTION_BUILDERS = (
+    _clean_section,
+    _robustness_section,
+    _calibration_section,
+    _ood_section,
+    _shift_section,
+    _sweep_section,
+    _training_section,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+def build_report(
+    df: pd.DataFrame, config: dict | None = None, prov: dict | None = None, problems: list[str] | None = None, *, draw: bool = True
+):
+    """(Markdown text, {figure name: Figure or None}) for the metrics `df`; writes nothing.
+
+    With draw=False no figure is drawn and the text embeds none (for quick checks of the tables).
+    """
+    df = tidy_metrics(df)
+    config, prov = config or {}, prov or {}
+    datasets = [d for d in pd.unique(df.dataset)] or [""]
+    multi = len(datasets) > 1
+    figures: dict[str, object] = {}
+    for dataset in datasets if draw else []:
+        d = df[df.dataset == dataset] if len(df) else df
+        for name, fn in plots.FIGURES.items():
+            figures[f"{name}_{_slug(dataset)}" if multi else name] = fn(d) if len(d) else None
+
+    lines = _provenance_lines(df, config, prov, problems or [])
+    ctx = {"config": config, "prov": prov}
+    for number, (title, builder) in enumerate(zip(SECTIONS, SECTION_BUILDERS), start=1):
+        lines += ["", f"## {number}. {title}"]
+        for dataset in datasets:
+            d = df[df.dataset == dataset] if len(df) else df
+            if multi:
+                lines += ["", f"### {dataset}"]
+
+            def embed(name: str, caption: str, dataset=dataset) -> list[str]:
+                key = f"{name}_{_slug(dataset)}" if multi else name
+                if figures.get(key) is None:
+                    return []
+                return [f"![{caption}](figures/{key}.png)", "", f"*{caption}.* ([PDF](figures/{key}.pdf))"]
+
+            lines += ["", *builder(d, ctx, embed)]
+    text = "\n".join(lines).rstrip() + "\n"
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return text, figures
+
+
+def write_report(run_dir: Path, df: pd.DataFrame | None = None) -> Path:
+    """(Re)build run_dir/report.md and run_dir/figures/*.png + *.pdf from metrics.csv alone; return report.md's path.
+
+    `df` defaults to `read_metrics(run_dir)` (a folder without metrics.csv raises VibbenchError).
+    config.json and provenance.json are read when present for the provenance header. Figures whose
+    data are absent are not drawn, and a stale copy from an earlier build is removed.
+    """
+    run_dir = Path(run_dir)
+    if df is None:
+        df = read_metrics(run_dir)
+    config, p1 = _read_json(run_dir / "config.json")
+    prov, p2 = _read_json(run_dir / "provenance.json")
+    text, figures = build_report(df, config, prov, [p for p in (p1, p2) if p])
+    folder = run_dir / "figures"
+    drawn = set()
+    for name, fig in figures.items():
+        if fig is not None:
+            drawn.update(p.name for p in plots.save_figure(fig, folder, name))
+    # figures of an earlier build whose data are gone now (or that were per dataset) must not linger
+    for base in plots.FIGURES:
+        for pattern in (f"{base}.png", f"{base}.pdf", f"{base}_*.png", f"{base}_*.pdf"):
+            for stale in folder.glob(pattern):
+                if stale.name not in drawn:
+                    stale.unlink(missing_ok=True)
+    path = run_dir / "report.md"
+    atomic_write_text(path, text)
+    return path
+
+
+__all__ = ["SECTIONS", "autoattack_label", "build_report", "write_report"]

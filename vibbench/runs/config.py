@@ -1,0 +1,256 @@
+"""The frozen configuration of a run: one training config shared by every model, and profiles.
+
+Identical settings are structural: a run holds ONE `TrainConfig`; every model of a seed is
+trained with it and sees the same batches in the same order. The hash of a config names the
+run and every cached job, so changing any field retrains exactly what it affects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+
+from vibbench.evaluation.settings import AttackSettings, EvalConfig
+from vibbench.training.config import TrainConfig
+from vibbench.core.errors import VibbenchError, unknown_name_message
+from vibbench.core.hashing import stable_hash
+from vibbench.models.registry import ARCHITECTURE_OPTIONS, check_model, create_model, list_models
+from vibbench.models.methods import HYPERPARAMETERS
+
+CACHE_FORMAT = 3
+"""Bumped whenever training or evaluation changes meaning, so old cache entries are not reused.
+2: per-model noise generators; 3: fused Adam (same update rule, different rounding)."""
+
+DEVICES = ("auto", "cpu", "cuda")
+
+MAX_SEEDS = 1000
+"""Seeds run as 0..N-1; more than this is a typo, not a study (and would be materialized as a tuple)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registry name plus overrides, e.g. mlp_vib with beta=1e-2. Text form: `mlp_vib:beta=1e-2`."""
+
+    name: str
+    overrides: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def label(self) -> str:
+        if not self.overrides:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={v:g}" for k, v in self.overrides)
+
+    @property
+    def text(self) -> str:
+        """The exact form `parse_model_specs` reads back (floats by repr, so nothing is rounded)."""
+        if not self.overrides:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={v!r}" for k, v in self.overrides)
+
+    def build(self):
+        return create_model(self.name, **dict(self.overrides))
+
+    def resolved(self) -> dict:
+        """Everything that determines the model: the method's hyperparameters and the architecture."""
+        return dict(_resolve(self))
+
+
+@functools.cache
+def _resolve(spec: ModelSpec) -> tuple:
+    model = spec.build()
+    return tuple(
+        {
+            "name": spec.name,
+            "method": model.method.name,
+            "backbone": model.backbone_name,
+            **model.method.hyperparameters,
+            **{k: getattr(model, k) for k in ARCHITECTURE_OPTIONS},
+        }.items()
+    )
+
+
+def parse_model_specs(patterns: list[str] | tuple[str, ...]) -> tuple[ModelSpec, ...]:
+    """Expand `PATTERN[:key=value,...]` entries into model specs, in order, without duplicates."""
+    specs: list[ModelSpec] = []
+    for entry in patterns:
+        pattern, _, opts = entry.partition(":")
+        names = list_models(pattern)
+        if not names:
+            raise VibbenchError(unknown_name_message("model or pattern", pattern, list_models()) + " (see `vibbench list`)")
+        overrides = []
+        for item in filter(None, opts.split(",")):
+            key, eq, value = item.partition("=")
+            if not eq or key not in HYPERPARAMETERS:
+                raise VibbenchError(
+                    f"bad model option {item!r} in {entry!r}: write NAME:key=value with key one of {', '.join(HYPERPARAMETERS)}"
+                )
+            try:
+                overrides.append((key, float(value)))
+            except ValueError:
+                raise VibbenchError(f"bad value {value!r} for {key} in {entry!r}: expected a number") from None
+        for name in names:
+            spec = ModelSpec(name, tuple(sorted(overrides)))
+            check_model(name, **dict(spec.overrides))  # e.g. beta < 0, beta on a non-VIB model
+            if spec not in specs:
+                specs.append(spec)
+    return tuple(specs)
+
+
+PAPER_BETAS = (1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 1e-1, 1.0)
+"""The paper's beta grid (Alemi et al. 2017, Fig. 1) besides the registry's default 1e-3."""
+
+
+def beta_sweep(betas) -> tuple[str, ...]:
+    return tuple(f"mlp_vib:beta={b:g}" for b in betas)
+
+
+@dataclass(frozen=True)
+class Profile:
+    train: TrainConfig
+    models: tuple[str, ...]
+    seeds: int
+    description: str
+    eval: EvalConfig | None = None
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        TrainConfig(epochs=1, max_train_examples=1000, max_eval_examples=500, eval_batch_size=500),
+        ("mlp_*",),
+        1,
+        "seconds: 1 epoch on 1000 images, tiny attack budgets, for tests",
+        EvalConfig(
+            attacks=AttackSettings(
+                linf_eps=(0.1, 0.3),
+                l2_eps=(1.0, 2.0),
+                expensive_eps=(0.3,),
+                subset=30,
+                expensive_subset=10,
+                pgd_steps=5,
+                eot_iter=2,
+                cw_steps=10,
+                apgd_steps=5,
+                fab_steps=5,
+                square_queries=20,
+                batch_size=50,
+            ),
+            severities=(1, 5),
+            shift_subset=100,
+        ),
+    ),
+    "quick": Profile(
+        TrainConfig(epochs=10),
+        ("mlp_*",) + beta_sweep((1e-6, 1e-4, 1e-2, 1e-1)),
+        1,
+        "the default: all MNIST-MLP methods and a short beta sweep, 10 epochs on the full training split, 1 seed",
+        EvalConfig(
+            attacks=AttackSettings(
+                linf_eps=(0.05, 0.1, 0.15, 0.2, 0.3, 0.4),
+                l2_eps=(0.5, 1.0, 1.5, 2.0, 3.0),
+                subset=1000,
+                expensive_subset=200,
+                eot_iter=4,
+            ),
+            shift_subset=2000,
+        ),
+    ),
+    "paper": Profile(
+        TrainConfig(epochs=200),
+        ("mlp_*",) + beta_sweep(PAPER_BETAS),
+        3,
+        "the paper's protocol: 200 epochs, 3 seeds, the paper's beta grid, full attack budgets; meant for a GPU",
+        EvalConfig(attacks=AttackSettings(eot_iter=20)),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What `vibbench run` does: one training config, the models, the seeds, the device."""
+
+    profile: str
+    train: TrainConfig
+    models: tuple[ModelSpec, ...]
+    seeds: tuple[int, ...]
+    device: str = "cpu"  # resolved: "cpu" or "cuda"
+    eval: EvalConfig | None = None  # None: clean accuracy only
+
+    def to_dict(self) -> dict:
+        return {
+            "profile": self.profile,
+            "train": self.train.to_dict(),
+            "eval": self.eval.to_dict() if self.eval else None,
+            "models": [s.resolved() | {"label": s.label} for s in self.models],
+            "seeds": list(self.seeds),
+            "device": self.device,
+            "cache_format": CACHE_FORMAT,
+        }
+
+    @property
+    def config_hash(self) -> str:
+        return stable_hash(self.to_dict())
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.profile}-{self.train.dataset}-{self.config_hash[:10]}"
+
+    def eval_hash(self, spec: ModelSpec, seed: int, section: str) -> str:
+        """Names one evaluation section of one trained model: its job and the evaluation settings."""
+        return stable_hash({"job": self.job_hash(spec, seed), "section": section, "eval": self.eval.to_dict() if self.eval else None})
+
+    def job_hash(self, spec: ModelSpec, seed: int) -> str:
+        """Names one trained model: the training config, the model, the seed, the device type."""
+        return stable_hash(
+            {"train": self.train.to_dict(), "model": spec.resolved(), "seed": seed, "device": self.device, "cache_format": CACHE_FORMAT}
+        )
+
+
+def resolve_device(device: str, local: bool = True) -> str:
+    """"auto" becomes cuda when this machine has it; with local=False (the jobs run on other machines,
+    `--executor ray`) "cuda" is not checked here: the cluster's nodes must have GPUs."""
+    import torch
+
+    if device not in DEVICES:
+        raise VibbenchError(unknown_name_message("device", device, DEVICES))
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and local and not torch.cuda.is_available():
+        raise VibbenchError("device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
+    return device
+
+
+def make_run_config(
+    profile: str = "quick",
+    *,
+    models: list[str] | None = None,
+    seeds: int | None = None,
+    dataset: str | None = None,
+    device: str = "auto",
+    epochs: int | None = None,
+    evaluate: bool = True,
+    local_device: bool = True,
+    train: dict | None = None,
+) -> RunConfig:
+    """Resolve a profile plus overrides (None means: the profile's value); `train` overrides
+    fields of the profile's TrainConfig, e.g. {"batch_size": 50, "lr": 1e-3}; local_device=False:
+    the jobs run elsewhere, so device cuda needs no GPU on this machine."""
+    if profile not in PROFILES:
+        raise VibbenchError(unknown_name_message("profile", profile, tuple(PROFILES)))
+    prof = PROFILES[profile]
+    if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or not 1 <= seeds <= MAX_SEEDS):
+        raise VibbenchError(f"seeds must be a whole number from 1 to {MAX_SEEDS}, got {seeds!r}")
+    changes = dict(train or {}) | {k: v for k, v in {"dataset": dataset, "epochs": epochs}.items() if v is not None}
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    for name in changes:
+        if name not in known:
+            raise VibbenchError(unknown_name_message("training field", name, known))
+    train = dataclasses.replace(prof.train, **changes)
+    return RunConfig(
+        profile=profile,
+        train=train,
+        models=parse_model_specs(models or prof.models),
+        seeds=tuple(range(seeds or prof.seeds)),
+        device=resolve_device(device, local_device),
+        eval=prof.eval if evaluate else None,
+    )

@@ -1,0 +1,243 @@
+"""Where the jobs of a sweep run: one after the other in this process (`local`, the default) or as
+Ray tasks on a cluster (`ray`, the optional extra `pip install 'vibbench[ray]'`).
+
+A unit of work is `runner.run_unit`: one training group (one model, or one population) and the
+evaluation of its members. Units share nothing but the cache folder, where every job has its own
+folder named by its config hash, locked while a process works on it and written atomically; so
+a unit can run in any process on any machine that sees the same cache folder, a killed unit
+resumes from its last checkpoint, and the driver builds metrics.csv from the returned records
+exactly as for a local run. This module imports Ray only when the Ray executor is asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from vibbench.core.errors import VibbenchError
+from vibbench.core.progress import log
+from vibbench.core.errors import unknown_name_message
+from vibbench.runs.runner import Job, deterministic, job_data, job_dir, run_unit
+
+EXECUTORS = ("local", "ray")
+DEFAULT_MAX_RETRIES = 2
+MAX_RETRIES = 10  # retries are bounded: a job that fails this often has a problem a retry will not fix
+
+# Which errors Ray retries. A crashed worker or a lost node is always retried (up to max_retries):
+# the job resumes from its checkpoints in the cache. Of the errors a job raises itself, only
+# transient ones are: OSError (a shared filesystem or network that hiccups; the retry may also land
+# on another node) and CUDA running out of memory (fractional GPUs are shared with other jobs, whose
+# memory comes and goes). A VibbenchError (bad config or data, a corrupt
+# cache entry, diverged training) or any other exception gives the same result on every try, so
+# it is reported at once instead of wasting the cluster's time.
+RETRIED_EXCEPTIONS = (OSError, torch.cuda.OutOfMemoryError)
+
+
+def _labels(members: list[Job]) -> str:
+    return ", ".join(f"{spec.label} seed {seed}" for spec, seed in members)
+
+
+class LocalExecutor:
+    """The units one after the other in this process, on data loaded once (needs no Ray)."""
+
+    def run_units(self, cfg, units: list[list[Job]], cache_dir: Path, data_dir: Path | None, trainer: str, dataset) -> dict:
+        """Run every unit; returns (result record, evaluation records) per job."""
+        if not units:
+            return {}
+        data = job_data(cfg, data_dir, dataset)  # before any training, so a missing OOD set fails early
+        results = {}
+        for members in units:
+            results |= dict(zip(members, run_unit(cfg, members, cache_dir, data_dir, trainer, data)))
+        return results
+
+    def describe(self) -> dict:
+        return {"name": "local"}
+
+
+class RayExecutor:
+    """Each unit is a Ray task declaring `cpus_per_job` CPUs (its torch threads) and, on CUDA, a
+    fraction of a GPU. Workers load the data themselves and write to the cache folder, which must
+    be a path every node reaches (a shared filesystem)."""
+
+    def __init__(self, device: str, address: str | None = None, cpus_per_job: int | None = None, gpus_per_job: float | None = None, max_retries: int | None = None):
+        if address is not None and not address.strip():
+            raise VibbenchError("--ray-address must not be empty: give HOST:PORT, auto, or leave it out")
+        if cpus_per_job is not None and (not isinstance(cpus_per_job, int) or cpus_per_job < 1):
+            raise VibbenchError(f"--ray-cpus-per-job must be a positive integer, got {cpus_per_job!r}")
+        if gpus_per_job is not None and device != "cuda":
+            raise VibbenchError("--ray-gpus-per-job only applies with --device cuda")
+        if gpus_per_job is not None and not 0 < gpus_per_job <= 1:
+            raise VibbenchError(f"--ray-gpus-per-job must be in (0, 1] (a fraction of one GPU), got {gpus_per_job!r}")
+        if max_retries is not None and (not isinstance(max_retries, int) or not 0 <= max_retries <= MAX_RETRIES):
+            raise VibbenchError(f"--ray-max-retries must be an integer from 0 to {MAX_RETRIES}, got {max_retries!r}")
+        self.ray = import_ray()
+        self.address = address
+        self.cpus_per_job = cpus_per_job or 1
+        self.gpus_per_job = (gpus_per_job or 1.0) if device == "cuda" else 0.0
+        self.max_retries = DEFAULT_MAX_RETRIES if max_retries is None else max_retries
+        self.connected_to: str | None = None
+
+    def describe(self) -> dict:
+        return {
+            "name": "ray",
+            "address": self.connected_to,
+            "ray_version": self.ray.__version__,
+            "cpus_per_job": self.cpus_per_job,
+            "torch_threads_per_job": self.cpus_per_job,
+            "gpus_per_job": self.gpus_per_job,
+            "max_retries": self.max_retries,
+        }
+
+    def run_units(self, cfg, units: list[list[Job]], cache_dir: Path, data_dir: Path | None, trainer: str, dataset) -> dict:
+        """Submit every unit as a task and gather the results; a unit that still fails after its retries
+        is reported, the others finish, then a VibbenchError names the failed ones."""
+        if not units:
+            return {}
+        ray = self.ray
+        with self._connection():
+            self._check_feasible()
+            task = ray.remote(
+                num_cpus=self.cpus_per_job,
+                num_gpus=self.gpus_per_job,
+                max_retries=self.max_retries,
+                retry_exceptions=list(RETRIED_EXCEPTIONS),
+            )(_ray_unit)
+            starts = ray.remote(num_cpus=0)(_Starts).remote()
+            refs = {
+                task.remote(cfg, members, cache_dir, data_dir, trainer, self.cpus_per_job, key, starts): key
+                for key, members in enumerate(units)
+            }
+            gpus = f" and {self.gpus_per_job:g} GPU" if self.gpus_per_job else ""
+            log(f"ray: {len(units)} job(s) submitted to {self.connected_to}, {self.cpus_per_job} CPU(s){gpus} each")
+            return self._gather(refs, units, starts, cache_dir)
+
+    @contextlib.contextmanager
+    def _connection(self):
+        ray = self.ray
+        if ray.is_initialized():  # this process already drives Ray (the Python API): use its connection
+            self.connected_to = ray.get_runtime_context().gcs_address
+            yield
+            return
+        where = self.address or "a new local Ray instance ($RAY_ADDRESS if set)"
+        try:
+            ray.init(address=self.address)
+        except (ConnectionError, ValueError) as exc:
+            raise VibbenchError(
+                f"cannot connect to Ray at {where}: {exc}. Start a cluster with `ray start --head`, or leave out --ray-address"
+            ) from None
+        try:
+            self.connected_to = ray.get_runtime_context().gcs_address
+            yield
+        finally:
+            ray.shutdown()
+
+    def _check_feasible(self) -> None:
+        """Ray waits forever for a task no node can hold: fail now instead."""
+        nodes = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")]
+        if not any(r.get("CPU", 0) >= self.cpus_per_job and r.get("GPU", 0) >= self.gpus_per_job for r in nodes):
+            have = ", ".join(f"{r.get('CPU', 0):g} CPU/{r.get('GPU', 0):g} GPU" for r in nodes) or "no live node"
+            raise VibbenchError(
+                f"no node of the Ray cluster at {self.connected_to} can run a job with {self.cpus_per_job} CPU(s) and "
+                f"{self.gpus_per_job:g} GPU (nodes: {have}); lower --ray-cpus-per-job or --ray-gpus-per-job, or add nodes"
+            )
+
+    def _gather(self, refs: dict, units: list[list[Job]], starts, cache_dir: Path) -> dict:
+        """Wait for the tasks `refs` (task -> index of its unit), printing progress on every change."""
+        ray = self.ray
+        results: dict = {}
+        failed: dict[int, str] = {}
+        pending = list(refs)
+        attempts: dict[int, int] = {}
+        shown = None
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            for ref in ready:
+                key = refs[ref]
+                try:
+                    out = ray.get(ref)
+                except ray.exceptions.RayError as exc:  # the unit raised, or its worker died once too often
+                    failed[key] = _error_text(exc)
+                    log(f"ray: {_labels(units[key])} failed: {failed[key]}")
+                    continue
+                if not all((job_dir(cache_dir, record["job_hash"]) / "result.json").exists() for record, _ in out):
+                    failed[key] = f"its results are not in {cache_dir} on this machine: --cache-dir must be a folder every node shares"
+                    log(f"ray: {_labels(units[key])} failed: {failed[key]}")
+                    continue
+                results |= dict(zip(units[key], out))
+            for key, n in ray.get(starts.snapshot.remote()).items():
+                if n > attempts.get(key, 1):
+                    log(f"ray: {_labels(units[key])} restarted (attempt {n} of {self.max_retries + 1}), resuming from the cache")
+                attempts[key] = n
+            finished = set(refs.values()) - {refs[ref] for ref in pending}
+            # running: started and not returned (a unit whose worker died counts until its retry starts)
+            state = (len(finished) - len(failed), len(set(attempts) - finished), len(failed))
+            if state != shown:
+                log(f"ray: {state[0]}/{len(units)} jobs done, {state[1]} running, {state[2]} failed")
+                shown = state
+        if failed:
+            lines = "; ".join(f"{_labels(units[key])}: {text}" for key, text in sorted(failed.items()))
+            raise VibbenchError(
+                f"{len(failed)} of {len(units)} job(s) failed on Ray: {lines}. The finished jobs are kept in {cache_dir}; "
+                "rerun the same command to resume (only the failed jobs run again)"
+            )
+        return results
+
+
+class _Starts:
+    """A Ray actor counting how often each unit started: started and not finished is running; a second start is a retry."""
+
+    def __init__(self):
+        self.counts: dict[int, int] = {}
+
+    def started(self, key: int) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def snapshot(self) -> dict[int, int]:
+        return dict(self.counts)
+
+
+def _ray_unit(cfg, members, cache_dir, data_dir, trainer, threads, key, starts):
+    """`run_unit` as a Ray task: torch uses the CPUs the task declared (the results of CPU kernels depend on
+    the thread count, see README), deterministic algorithms as in a local run."""
+    import ray
+
+    ray.get(starts.started.remote(key))
+    torch.set_num_threads(threads)
+    deterministic()
+    return run_unit(cfg, members, cache_dir, data_dir, trainer)
+
+
+def _error_text(exc: Exception) -> str:
+    """The error a unit raised (not Ray's wrapping and remote traceback), or Ray's first line for a dead worker."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}"
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
+def import_ray():
+    """The ray module, or a VibbenchError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise VibbenchError("--executor ray needs Ray, which is not installed: pip install 'vibbench[ray]'") from None
+    return ray
+
+
+def make_executor(
+    name: str = "local", *, device: str = "cpu", address: str | None = None, cpus_per_job: int | None = None,
+    gpus_per_job: float | None = None, max_retries: int | None = None,
+):
+    """The executor named on the command line; Ray options (None: not given) only go with `ray`."""
+    if name not in EXECUTORS:
+        raise VibbenchError(unknown_name_message("executor", name, EXECUTORS))
+    if name == "local":
+        options = {"--ray-address": address, "--ray-cpus-per-job": cpus_per_job, "--ray-gpus-per-job": gpus_per_job, "--ray-max-retries": max_retries}
+        given = [option for option, value in options.items() if value is not None]
+        if given:
+            raise VibbenchError(f"{given[0]} only applies with --executor ray")
+        return LocalExecutor()
+    return RayExecutor(device, address, cpus_per_job, gpus_per_job, max_retries)

@@ -86,7 +86,7 @@ def test_vib_head_and_loss_stay_finite_for_encoder_outputs_up_to_1e4(beta, train
     h = torch.cat([mu[:, None].expand(-1, k), s[:, None].expand(-1, k)], dim=1).requires_grad_()
     model.backbone = torch.nn.Identity()
     model.encoder_head = torch.nn.Identity()
-    model._as_images = lambda x: x  # feed the encoder's output directly
+    model.as_images = lambda x: x  # feed the encoder's output directly
     out = model.forward_details(h)
     terms = training_loss(out, torch.arange(h.shape[0]) % 10, beta=model.method.beta)
     terms.loss.backward()

@@ -183,7 +183,10 @@ def test_smoke_run_with_evaluation_then_eval_and_report_from_the_cache(dirs, cap
     import vibbench.runs.runner as runner
 
     monkeypatch.setattr(runner, "train_model", lambda *a, **k: pytest.fail("eval trained a model"))
-    monkeypatch.setattr(runner, "robustness_records", lambda *a, **k: pytest.fail("a cached section ran again"))
+    from vibbench.evaluation.sections import SECTIONS
+
+    for name in SECTIONS:
+        monkeypatch.setitem(SECTIONS, name, lambda *a, name=name, **k: pytest.fail(f"the cached {name} section ran again"))
     assert run_cli("--models", *models, "--out", str(out), "--cache-dir", str(cache), command="eval", evaluate=True) == 0
     pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv"), df)
 

@@ -9,7 +9,8 @@ import torch
 from vibbench import create_model
 from vibbench.training.config import TrainConfig
 from vibbench.core.errors import VibbenchError
-from vibbench.training.single import TrainingDiverged, batch_order, ema_decay_at, lr_at, order_generator, train_model
+from vibbench.training.loop import ema_decay_at
+from vibbench.training.single import TrainingDiverged, batch_order, lr_at, order_generator, train_model
 
 CFG = TrainConfig(dataset="synthetic", epochs=2, batch_size=20, eval_samples=4)
 

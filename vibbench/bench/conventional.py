@@ -49,7 +49,7 @@ from vibbench.core.errors import VibbenchError
 from vibbench.training.losses import training_loss
 from vibbench.training.precision import autocast as precision_autocast
 from vibbench.training.precision import check_precision
-from vibbench.training.single import ema_decay_at
+from vibbench.training.loop import ema_decay_at
 
 PIPELINE_MODEL = "mlp_vib"
 

@@ -311,7 +311,7 @@ def make_case(
         if implementation != "fused":
             return model.forward_details(inputs, num_samples=n)
         fused_seed[0] += 1  # a fresh Philox stream per call
-        h = model.encoder_head(model.backbone(model._as_images(inputs)))
+        h = model.encoder_head(model.backbone(model.as_images(inputs)))
         z, kl = fused_head_call(h, n, fused_seed[0])
         return ForwardDetails(h[:, : model.latent_dim], None, None, z, model.decoder(z), kl)
 

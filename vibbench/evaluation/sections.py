@@ -7,6 +7,7 @@ Pure: a model and data in, records out. Stochastic predictions are drawn under a
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from vibbench.evaluation.settings import AttackSettings, EvalConfig
 from vibbench.evaluation.calibration import calibration_metrics, fit_temperature, reliability_bins
 from vibbench.models.classifier import Classifier
+from vibbench.data.datasets import Split
 from vibbench.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from vibbench.core.errors import VibbenchError
 from vibbench.evaluation.clean import EVAL_MODES
@@ -115,4 +117,33 @@ def robustness_records(model, test, settings: AttackSettings, seed: int, label: 
     return [{"split": "test", "eval_mode": "predictor"} | r for r in evaluate_robustness(model, test.images, test.labels, settings, seed=seed, label=label)]
 
 
-SECTIONS = ("calibration", "ood", "shift", "robustness")
+@dataclass(frozen=True)
+class EvalInputs:
+    """What an evaluation section reads besides the model: the splits, the OOD set, the settings, the noise seed."""
+
+    val: Split
+    test: Split
+    ood: tuple[str, torch.Tensor] | None  # (name, images), None when the run measures no OOD
+    cfg: EvalConfig
+    seed: int
+    label: str = ""  # the model's name in log lines
+
+
+Section = Callable[[Classifier, EvalInputs], list[dict]]
+
+SECTIONS: dict[str, Section] = {
+    "calibration": lambda model, d: calibration_records(model, d.val, d.test, d.cfg, d.seed),
+    "ood": lambda model, d: ood_records(model, d.test, d.ood[1], d.ood[0], d.seed),
+    "shift": lambda model, d: shift_records(model, d.test, d.cfg, d.seed),
+    "robustness": lambda model, d: robustness_records(model, d.test, d.cfg.attacks, d.seed, d.label),
+}
+"""Every section the harness measures, in the order their records are written: the runner runs them, the report
+renders them."""
+
+
+def enabled_sections(cfg: EvalConfig | None) -> list[str]:
+    """The sections a run with evaluation settings `cfg` measures (none with --no-eval, i.e. cfg None)."""
+    if cfg is None:
+        return []
+    skipped = {"robustness": cfg.attacks is None, "ood": not cfg.ood}
+    return [name for name in SECTIONS if not skipped.get(name, False)]

@@ -82,7 +82,7 @@ class Classifier(nn.Module):
             return 1
         return self.train_samples if self.training else self.eval_samples
 
-    def _as_images(self, x: torch.Tensor) -> torch.Tensor:
+    def as_images(self, x: torch.Tensor) -> torch.Tensor:
         c, h, w = self.input_shape
         if x.dim() == 2 and x.shape[1] == c * h * w:
             return x.reshape(x.shape[0], c, h, w)
@@ -97,7 +97,7 @@ class Classifier(nn.Module):
         self, x: torch.Tensor, num_samples: int | None = None, eps: torch.Tensor | None = None
     ) -> ForwardDetails:
         """One forward pass with every intermediate exposed; `eps` (n, B, K) fixes the noise."""
-        h = self.encoder_head(self.backbone(self._as_images(x)))
+        h = self.encoder_head(self.backbone(self.as_images(x)))
         if not self.stochastic:
             mu = h
             return ForwardDetails(mu, None, None, mu[None], self.decoder(mu)[None], mu.new_zeros(mu.shape[0]))

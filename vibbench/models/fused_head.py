@@ -85,10 +85,10 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from vibbench.core.errors import VibbenchError
-from vibbench.models.head import _LOG_SOFTPLUS_LINEAR_BELOW, STD_SHIFT
+from vibbench.models.head import LOG_SOFTPLUS_LINEAR_BELOW, STD_SHIFT
 
 _SHIFT = float(STD_SHIFT)
-_LIN = float(_LOG_SOFTPLUS_LINEAR_BELOW)
+_LIN = float(LOG_SOFTPLUS_LINEAR_BELOW)
 """Below t = -20, log softplus(t) = t and sigmoid(t) / softplus(t) = 1 in float32 (see head.py)."""
 
 _MAX_BLOCK_K = 128
@@ -224,7 +224,7 @@ def _vib_head_fwd_kernel(
     num_samples,
     sample_stride,  # B * K
     SHIFT: tl.constexpr,  # head.STD_SHIFT = 5
-    LIN: tl.constexpr,  # head._LOG_SOFTPLUS_LINEAR_BELOW = -20
+    LIN: tl.constexpr,  # head.LOG_SOFTPLUS_LINEAR_BELOW = -20
     BLOCK_B: tl.constexpr,
     BLOCK_K: tl.constexpr,
     WRITE_EPS: tl.constexpr,

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 STD_SHIFT = 5.0
 """softplus(s - 5): the paper's shift, so the initial std is about 0.0067."""
 
-_LOG_SOFTPLUS_LINEAR_BELOW = -20.0
+LOG_SOFTPLUS_LINEAR_BELOW = -20.0
 """Below this, log(softplus(t)) equals t to float32 precision (softplus(t) = e^t (1 - e^t / 2 ...))."""
 
 
@@ -24,8 +24,8 @@ def log_softplus(t: torch.Tensor) -> torch.Tensor:
     For t < -20 the identity log(softplus(t)) = t + O(e^t) is exact in float32. The clamp keeps
     the unused branch finite so that torch.where's backward does not produce 0 * inf = NaN.
     """
-    safe = F.softplus(t.clamp_min(_LOG_SOFTPLUS_LINEAR_BELOW)).log()
-    return torch.where(t < _LOG_SOFTPLUS_LINEAR_BELOW, t, safe)
+    safe = F.softplus(t.clamp_min(LOG_SOFTPLUS_LINEAR_BELOW)).log()
+    return torch.where(t < LOG_SOFTPLUS_LINEAR_BELOW, t, safe)
 
 
 def std_from_preactivation(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,7 +30,7 @@ from vibbench.data.datasets import Dataset, Split, load_dataset
 from vibbench.core.errors import VibbenchError, describe_os_error
 from vibbench.evaluation.clean import clean_metrics
 from vibbench.core.locks import folder_lock
-from vibbench.evaluation.sections import OOD_PAIRS, SECTIONS, calibration_records, noise_images, ood_records, robustness_records, shift_records
+from vibbench.evaluation.sections import OOD_PAIRS, SECTIONS, EvalInputs, enabled_sections, noise_images
 from vibbench.core.progress import log
 from vibbench.runs.provenance import code_version, git_state, provenance
 from vibbench.reporting.report import write_report
@@ -295,14 +295,6 @@ def evaluate_job(cfg: RunConfig, spec: ModelSpec, seed: int, data: DeviceData, o
         return _evaluate_locked(cfg, spec, seed, data, ood, cache_dir)
 
 
-def eval_sections(cfg: RunConfig) -> list[str]:
-    """The harness sections a run measures (none with --no-eval)."""
-    if cfg.eval is None:
-        return []
-    skipped = {"robustness": cfg.eval.attacks is None, "ood": not cfg.eval.ood}
-    return [section for section in SECTIONS if not skipped.get(section, False)]
-
-
 def _eval_path(cfg: RunConfig, spec: ModelSpec, seed: int, section: str, cache_dir: Path) -> tuple[Path, str]:
     h = cfg.eval_hash(spec, seed, section)
     return job_dir(cache_dir, cfg.job_hash(spec, seed)) / f"eval-{section}-{h[:16]}.json", h
@@ -311,7 +303,7 @@ def _eval_path(cfg: RunConfig, spec: ModelSpec, seed: int, section: str, cache_d
 def cached_evaluation(cfg: RunConfig, spec: ModelSpec, seed: int, cache_dir: Path) -> list[dict] | None:
     """The evaluation records of a job whose every section is cached, else None."""
     records: list[dict] = []
-    for section in eval_sections(cfg):
+    for section in enabled_sections(cfg.eval):
         cached = _read_eval(*_eval_path(cfg, spec, seed, section, cache_dir))
         if cached is None:
             return None
@@ -323,21 +315,14 @@ def _evaluate_locked(cfg, spec, seed, data, ood, cache_dir) -> list[dict]:
     label = f"{spec.label} seed {seed}"
     model = None
     records: list[dict] = []
-    for section in eval_sections(cfg):
+    for section in enabled_sections(cfg.eval):
         path, h = _eval_path(cfg, spec, seed, section, cache_dir)
         cached = _read_eval(path, h)
         if cached is None:
             if model is None:
                 model = load_trained(cfg, spec, seed, cache_dir, data.num_classes)
             t0 = time.perf_counter()
-            if section == "calibration":
-                new = calibration_records(model, data.val, data.test, cfg.eval, seed)
-            elif section == "ood":
-                new = ood_records(model, data.test, ood[1], ood[0], seed)
-            elif section == "shift":
-                new = shift_records(model, data.test, cfg.eval, seed)
-            else:
-                new = robustness_records(model, data.test, cfg.eval.attacks, seed, label)
+            new = SECTIONS[section](model, EvalInputs(data.val, data.test, ood, cfg.eval, seed, label))
             write_json(path, sealed({"format": RESULT_FORMAT, "eval_hash": h, "seconds": time.perf_counter() - t0, "records": new}))
             log(f"{label}: {section} evaluated in {time.perf_counter() - t0:.0f} s")
             cached = new

@@ -28,11 +28,12 @@ from vibbench.training.checkpoints import load_checkpoint, save_checkpoint
 from vibbench.models.classifier import Classifier
 from vibbench.training.config import TrainConfig
 from vibbench.core.errors import VibbenchError
+from vibbench.training.loop import ema_update
 from vibbench.training.losses import training_loss
 from vibbench.training.noise import ModelNoise
 from vibbench.training.precision import autocast
 from vibbench.core.progress import bar, log
-from vibbench.training.single import TrainResult, batch_order, diverged, ema_decay_at, epoch_record, lr_at, make_optimizer, order_generator
+from vibbench.training.single import TrainResult, batch_order, diverged, epoch_record, lr_at, make_optimizer, order_generator
 
 LOSS_HYPERPARAMETERS = ("beta", "label_smoothing", "confidence_penalty")
 
@@ -136,9 +137,8 @@ def train_population(
                 opt.zero_grad(set_to_none=True)
                 terms[:, 0].sum().backward()  # members' parameters are disjoint: each gets its own gradient
                 opt.step()
-                d = ema_decay_at(step, cfg.ema_decay)
+                ema_update(ema, leaves, step, cfg.ema_decay)
                 with torch.no_grad():
-                    torch._foreach_lerp_(ema, [p.detach() for p in leaves], 1.0 - d)
                     sums += terms.detach()
                     bad = torch.where((bad < 0) & ~torch.isfinite(terms[:, 0].detach()), step, bad)
                 step += 1

@@ -21,6 +21,7 @@ from vibbench.training.checkpoints import load_checkpoint, save_checkpoint
 from vibbench.models.classifier import Classifier
 from vibbench.training.config import TrainConfig
 from vibbench.core.errors import VibbenchError
+from vibbench.training.loop import ema_update
 from vibbench.training.losses import training_loss
 from vibbench.training.noise import ModelNoise, set_dropout_noise
 from vibbench.training.precision import autocast
@@ -49,11 +50,6 @@ def batch_order(num_examples: int, batch_size: int, epoch_generator: torch.Gener
 
 def order_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(1_000_003 * seed + 17)
-
-
-def ema_decay_at(step: int, decay: float) -> float:
-    """TensorFlow's ExponentialMovingAverage with num_updates: min(decay, (1 + t) / (10 + t))."""
-    return min(decay, (1.0 + step) / (10.0 + step))
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Adam:
@@ -130,9 +126,8 @@ def train_model(
                 opt.zero_grad(set_to_none=True)
                 terms.loss.backward()
                 opt.step()
-                d = ema_decay_at(step, cfg.ema_decay)
+                ema_update(ema, params, step, cfg.ema_decay)
                 with torch.no_grad():
-                    torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - d)
                     loss = terms.loss.detach()
                     sums += torch.stack([loss, terms.ce, terms.kl])
                     bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vibbench.bench import throughput as bench
+from vibbench.bench.cases import IMPLEMENTATIONS, Case
+from vibbench.bench.throughput import BATCH_SIZES, HEAD_BATCH_SIZES, SAMPLE_COUNTS
+from vibbench.training.precision import PRECISIONS
 
 DEFAULT_BATCHES = (100, 1000)
 DEFAULT_HEAD_BATCHES = (100, 10000)
@@ -47,11 +49,11 @@ def pytest_generate_tests(metafunc):
     devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
     grid = {
         "device": _list(config, "--bench-device", devices, ("cpu", "cuda")),
-        "precision": _list(config, "--bench-precision", bench.PRECISIONS, bench.PRECISIONS),
-        "impl": _list(config, "--bench-impl", bench.IMPLEMENTATIONS if full else DEFAULT_IMPLEMENTATIONS, bench.IMPLEMENTATIONS),
-        "batch": _list(config, "--bench-batch", bench.BATCH_SIZES if full else DEFAULT_BATCHES, cast=int),
-        "head_batch": _list(config, "--bench-head-batch", bench.HEAD_BATCH_SIZES if full else DEFAULT_HEAD_BATCHES, cast=int),
-        "n_samples": bench.SAMPLE_COUNTS,
+        "precision": _list(config, "--bench-precision", PRECISIONS, PRECISIONS),
+        "impl": _list(config, "--bench-impl", IMPLEMENTATIONS if full else DEFAULT_IMPLEMENTATIONS, IMPLEMENTATIONS),
+        "batch": _list(config, "--bench-batch", BATCH_SIZES if full else DEFAULT_BATCHES, cast=int),
+        "head_batch": _list(config, "--bench-head-batch", HEAD_BATCH_SIZES if full else DEFAULT_HEAD_BATCHES, cast=int),
+        "n_samples": SAMPLE_COUNTS,
     }
     prefix = {"batch": "b", "head_batch": "B", "n_samples": "n"}
     for name, values in grid.items():
@@ -67,7 +69,7 @@ def measure(benchmark, request):
     implementations side by side. The median (seconds per call) gives samples_per_second."""
     rounds = request.config.getoption("--bench-rounds")
 
-    def run(case: bench.Case):
+    def run(case: Case):
         benchmark.group = f"{case.benchmark} {case.device} {case.precision} batch={case.batch} n={case.n_samples}"
         if rounds:
             benchmark.pedantic(case.fn, rounds=rounds, warmup_rounds=0, iterations=1)

@@ -1,6 +1,5 @@
 """Property-based: random option values never crash the CLI with a traceback, only a clean error."""
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -1,4 +1,10 @@
-"""The `vibbench` command line: run, eval, report, bench, list, data."""
+"""The `vibbench` command line: run, eval, report, bench, list, data.
+
+Each subcommand imports what it needs when it runs, so `vibbench --help` and `vibbench list` load no
+more than they use. The options of run, eval and data are added to their parsers only when that
+subcommand is parsed or its help shown: their help texts name the profiles, datasets and devices,
+whose modules import torch.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +12,51 @@ import argparse
 import sys
 from pathlib import Path
 
-from vibbench.core.errors import VibbenchError, describe_os_error
+from vibbench.core.errors import VibbenchError, check_positive_int, describe_os_error
 
 
 def _positive_int(text: str) -> int:
+    """argparse type: a positive integer, refused in the words of `check_positive_int`."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+        value = text  # not a number: refused below, in the same words
+    try:
+        return check_positive_int("the value", value)
+    except VibbenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class _LazyParser(argparse.ArgumentParser):
+    """A subcommand's parser whose options `build(parser)` adds the first time it parses or formats its help."""
+
+    def __init__(self, *args, build=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._build = build
+
+    def _built(self) -> None:
+        if self._build is not None:
+            build, self._build = self._build, None
+            build(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._built()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._built()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._built()
+        return super().format_help()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vibbench.runs.config import DEVICES, PROFILES
-    from vibbench.data.datasets import DATASETS
-
     parser = argparse.ArgumentParser(prog="vibbench", description="Benchmark suite for Variational Information Bottleneck classifiers.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    run = sub.add_parser("run", help="train the registry under one config, evaluate it and write results/")
-    evaluate = sub.add_parser("eval", help="evaluate the cached models of a run (no training) and write results/")
-    for p in (run, evaluate):
-        _run_options(p, PROFILES, DATASETS, DEVICES)
-    run.add_argument("--retrain", action="store_true", help="ignore and replace cached jobs of this config")
-    run.add_argument("--trainer", default="auto", help="auto, single or population (default auto: populations on CUDA, one at a time on CPU)")
-    for p in (run, evaluate):
-        _executor_options(p)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_LazyParser)
+    sub.add_parser("run", help="train the registry under one config, evaluate it and write results/", build=_run_parser)
+    sub.add_parser("eval", help="evaluate the cached models of a run (no training) and write results/", build=_eval_parser)
 
     report = sub.add_parser("report", help="rebuild report.md and figures/ of a results folder from its metrics.csv alone")
     report.add_argument("run_dir", type=Path, metavar="DIR")
@@ -41,17 +64,36 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="print the model registry")
     lst.add_argument("patterns", nargs="*", metavar="PATTERN")
 
-    from vibbench.bench.throughput import add_bench_parser
+    from vibbench.bench.command import add_bench_parser
 
     add_bench_parser(sub)
-
-    data = sub.add_parser("data", help="fetch, verify and cache datasets")
-    data.add_argument("names", nargs="*", metavar="DATASET", help=f"default: mnist; any of {', '.join(DATASETS)}")
-    data.add_argument("--data-dir", type=Path)
+    sub.add_parser("data", help="fetch, verify and cache datasets", build=_data_parser)
     return parser
 
 
-def _run_options(run, PROFILES, DATASETS, DEVICES) -> None:
+def _run_parser(run: argparse.ArgumentParser) -> None:
+    _run_options(run)
+    run.add_argument("--retrain", action="store_true", help="ignore and replace cached jobs of this config")
+    run.add_argument("--trainer", default="auto", help="auto, single or population (default auto: populations on CUDA, one at a time on CPU)")
+    _executor_options(run)
+
+
+def _eval_parser(evaluate: argparse.ArgumentParser) -> None:
+    _run_options(evaluate)
+    _executor_options(evaluate)
+
+
+def _data_parser(data: argparse.ArgumentParser) -> None:
+    from vibbench.data.datasets import DATASETS
+
+    data.add_argument("names", nargs="*", metavar="DATASET", help=f"default: mnist; any of {', '.join(DATASETS)}")
+    data.add_argument("--data-dir", type=Path)
+
+
+def _run_options(run: argparse.ArgumentParser) -> None:
+    from vibbench.data.datasets import DATASETS
+    from vibbench.runs.config import DEVICES, PROFILES
+
     # no defaults here: an option left out falls back to the --config file, then to the profile
     run.add_argument("--config", type=Path, metavar="FILE", help="options from a TOML or JSON file (*.toml, *.json); options given here override it")
     run.add_argument("--profile", help=f"one of {', '.join(PROFILES)} (default: quick)")
@@ -67,7 +109,7 @@ def _run_options(run, PROFILES, DATASETS, DEVICES) -> None:
     run.add_argument("--no-eval", action="store_true", help="clean accuracy only: skip robustness, calibration, OOD and shift")
 
 
-def _executor_options(run) -> None:
+def _executor_options(run: argparse.ArgumentParser) -> None:
     from vibbench.runs.executors import DEFAULT_MAX_RETRIES, EXECUTORS, MAX_RETRIES
 
     run.add_argument("--executor", default="local", help=f"where the jobs run: one of {', '.join(EXECUTORS)} (default: local, one after the other here)")
@@ -104,7 +146,8 @@ def run_options(args) -> dict:
 def cmd_run(args) -> None:
     from vibbench.runs.config_file import run_config_from_options
     from vibbench.runs.executors import make_executor
-    from vibbench.runs.runner import resolve_trainer, run
+    from vibbench.runs.jobs import resolve_trainer
+    from vibbench.runs.runner import run
 
     cfg = run_config_from_options(run_options(args), local_device=args.executor != "ray")
     train = args.command == "run"
@@ -153,11 +196,15 @@ def cmd_data(args) -> None:
         print(f"{name}: {prepare_dataset(name, args.data_dir)}")
 
 
+def cmd_bench(args) -> None:
+    from vibbench.bench.command import cmd_bench as bench
+
+    bench(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from vibbench.bench.throughput import cmd_bench
-
         {"run": cmd_run, "eval": cmd_run, "report": cmd_report, "list": cmd_list, "data": cmd_data, "bench": cmd_bench}[args.command](args)
     except VibbenchError as exc:
         print(f"vibbench: error: {exc}", file=sys.stderr)

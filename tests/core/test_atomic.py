@@ -96,7 +96,7 @@ def test_the_next_run_removes_what_killed_writers_left(tmp_path):
     """Temporary files of dead writers in the output folder, a job folder and the cache are removed; results are unaffected."""
     from vibbench.cli import main
     from vibbench.runs.config import make_run_config
-    from vibbench.runs.runner import job_dir
+    from vibbench.runs.cache import job_dir
 
     out, cache = tmp_path / "out", tmp_path / "cache"
     cfg = make_run_config("smoke", dataset="synthetic", models=["mlp_vib"], device="cpu", evaluate=False)

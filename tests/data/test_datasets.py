@@ -239,6 +239,7 @@ def test_data_dir_defaults_to_the_environment(tmp_path, fake, monkeypatch):
 def test_default_data_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("VIBBENCH_DATA_DIR", str(tmp_path / "a"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("VIBBENCH_CACHE_DIR", str(tmp_path / "runs"))  # the run cache's folder does not move the datasets
     assert data.default_data_dir() == tmp_path / "a"
     monkeypatch.delenv("VIBBENCH_DATA_DIR")
     assert data.default_data_dir() == tmp_path / "xdg" / "vibbench" / "data"

@@ -17,7 +17,7 @@ import json, resource, torch
 from vibbench.models.backbones import mlp
 from vibbench.models.classifier import Classifier
 from vibbench.evaluation.clean import clean_metrics
-from vibbench.evaluation.sections import predictions
+from vibbench.evaluation.inference import predictions
 from vibbench.models.methods import METHODS
 
 torch.set_num_threads(1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vibbench.cli import main
-from vibbench.runs.runner import PROBE_BYTES
+from vibbench.runs.cache import PROBE_BYTES
 
 SMOKE = ["run", "--profile", "smoke", "--dataset", "synthetic", "--models", "mlp_vib", "--no-eval"]
 

@@ -33,7 +33,7 @@ def test_bad_executor_options_get_one_clear_message(args, message, tmp_path, cap
 def test_non_numeric_ray_options_are_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as info:
         main(["run", "--executor", "ray", "--ray-cpus-per-job", "0"])
-    assert info.value.code == 2 and "argument --ray-cpus-per-job: expected a positive integer, got '0'" in capsys.readouterr().err
+    assert info.value.code == 2 and "argument --ray-cpus-per-job: the value must be a positive integer, got 0" in capsys.readouterr().err
 
 
 def test_ray_executor_without_ray_says_how_to_install_it(tmp_path, capsys, monkeypatch):

@@ -15,7 +15,7 @@ ray = pytest.importorskip("ray")
 
 from vibbench.cli import main  # noqa: E402
 from vibbench.runs.config import make_run_config  # noqa: E402
-from vibbench.runs.runner import job_dir  # noqa: E402
+from vibbench.runs.cache import job_dir  # noqa: E402
 
 SMOKE = ["run", "--profile", "smoke", "--dataset", "synthetic"]
 THREADS = 1

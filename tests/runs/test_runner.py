@@ -50,7 +50,7 @@ def test_smoke_run_writes_results_and_reuses_the_cache(dirs, capsys, monkeypatch
     assert_provenance_suffices_to_rerun(out, prov, config, monkeypatch)
 
     # a second run of the same config trains nothing: any training would fail
-    import vibbench.runs.runner as runner
+    import vibbench.runs.jobs as jobs
 
     class Trained(Exception):
         pass
@@ -58,7 +58,7 @@ def test_smoke_run_writes_results_and_reuses_the_cache(dirs, capsys, monkeypatch
     def no_training(*a, **k):
         raise Trained
 
-    monkeypatch.setattr(runner, "train_model", no_training)
+    monkeypatch.setattr(jobs, "train_model", no_training)
     capsys.readouterr()
     assert run_cli("--models", *models, "--out", str(out), "--cache-dir", str(cache)) == 0
     assert capsys.readouterr().err.count("cached") == 2
@@ -95,6 +95,19 @@ def assert_provenance_suffices_to_rerun(out, prov, config, monkeypatch):
         m.setattr(runner, "run", lambda cfg, **kw: rerun.append(cfg) or out)
         assert main(["run", "--config", str(out / "options.json")]) == 0
     assert rerun[0].config_hash == config["config_hash"]
+
+
+def test_the_run_cache_defaults_to_the_environment_then_the_user_cache(monkeypatch, tmp_path):
+    from vibbench.core.paths import default_cache_dir
+
+    monkeypatch.setenv("VIBBENCH_CACHE_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "runs"
+    monkeypatch.delenv("VIBBENCH_CACHE_DIR")
+    assert default_cache_dir() == tmp_path / "xdg" / "vibbench"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "vibbench"
 
 
 def test_changed_config_changes_the_hash():
@@ -180,9 +193,9 @@ def test_smoke_run_with_evaluation_then_eval_and_report_from_the_cache(dirs, cap
     assert config["eval"]["attacks"]["subset"] == 30 and "AutoAttack" in config["eval"]["autoattack_label"]
 
     # `vibbench eval` trains nothing and evaluates nothing again: every section is cached
-    import vibbench.runs.runner as runner
+    import vibbench.runs.jobs as jobs
 
-    monkeypatch.setattr(runner, "train_model", lambda *a, **k: pytest.fail("eval trained a model"))
+    monkeypatch.setattr(jobs, "train_model", lambda *a, **k: pytest.fail("eval trained a model"))
     from vibbench.evaluation.sections import SECTIONS
 
     for name in SECTIONS:
@@ -236,15 +249,15 @@ def test_a_diverging_model_stops_the_run_with_a_message_and_no_nan_is_written(di
 
 
 def test_non_finite_metrics_are_refused_even_when_the_loss_stayed_finite(dirs, capsys, monkeypatch):
-    import vibbench.runs.runner as runner
-    from vibbench.training.single import TrainResult
+    import vibbench.runs.jobs as jobs
+    from vibbench.training.loop import TrainResult
 
     def broken_training(model, *args, **kwargs):
         with torch.no_grad():
             model.decoder.weight.fill_(float("nan"))
         return TrainResult(history=[{"epoch": 1, "loss": 1.0, "ce": 1.0, "kl": 0.0, "lr": 1e-4, "seconds": 1.0, "examples_per_second": 1.0}])
 
-    monkeypatch.setattr(runner, "train_model", broken_training)
+    monkeypatch.setattr(jobs, "train_model", broken_training)
     out, cache = dirs
     assert run_cli("--models", "mlp_vib", "--out", str(out), "--cache-dir", str(cache)) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]

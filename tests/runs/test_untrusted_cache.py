@@ -103,17 +103,17 @@ def test_an_edited_result_is_refused_by_its_checksum(finished, capsys):
 
 def test_an_edited_evaluation_section_is_refused_and_a_damaged_one_evaluated_again(tmp_path):
     from vibbench.core.errors import VibbenchError
-    from vibbench.reporting.metrics import write_json
-    from vibbench.runs.runner import RESULT_FORMAT, _read_eval, sealed
+    from vibbench.core.atomic import write_json
+    from vibbench.runs.cache import RESULT_FORMAT, read_eval, sealed
 
     path, h = tmp_path / "eval-calibration-0123.json", "ab" * 32
     write_json(path, sealed({"format": RESULT_FORMAT, "eval_hash": h, "seconds": 1.5, "records": [{"metric": "ece", "value": 0.02}]}))
-    assert _read_eval(path, h) == [{"metric": "ece", "value": 0.02}]
+    assert read_eval(path, h) == [{"metric": "ece", "value": 0.02}]
     path.write_text(path.read_text().replace("0.02", "0.01"))
     with pytest.raises(VibbenchError, match="fails its SHA-256 check"):
-        _read_eval(path, h)
+        read_eval(path, h)
     path.write_text("[1, 2]")
     with pytest.raises(VibbenchError, match="does not match its config"):
-        _read_eval(path, h)
+        read_eval(path, h)
     path.write_text('{"format": "vibbench-job-1", "eval_ha')  # cut short: not used, evaluated again
-    assert _read_eval(path, h) is None
+    assert read_eval(path, h) is None

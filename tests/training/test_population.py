@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from vibbench import create_model
-from vibbench.evaluation.attacks import predict
+from vibbench.evaluation.inference import predict
+from vibbench.training.checkpoints import load_checkpoint
 from vibbench.training.config import TrainConfig
 from vibbench.training.population import population_key, train_population
-from vibbench.training.single import TrainingDiverged, train_model
+from vibbench.training.loop import TrainingDiverged
+from vibbench.training.single import train_model
 
 CFG = TrainConfig(dataset="synthetic", epochs=1, batch_size=50)
 
@@ -72,23 +74,26 @@ def test_population_key_groups_by_architecture():
 
 
 def test_population_resumes_to_identical_weights(synthetic, tmp_path, monkeypatch):
-    import vibbench.training.population as population
+    import vibbench.training.loop as loop
 
     cfg = dataclasses.replace(CFG, epochs=2, max_train_examples=None)
     x, y = synthetic.train.images[:500], synthetic.train.labels[:500]
     names = ["mlp_vib", "mlp_vib"]
     ref = [build(n) for n in names]
     train_population(ref, x, y, cfg, seed=1, labels_of_members=names)
-    real_save = population.save_checkpoint
+    real_save = loop.save_checkpoint
 
     def save_then_die(*args, **kwargs):
         real_save(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(population, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_population([build(n) for n in names], x, y, cfg, seed=1, labels_of_members=names, checkpoint_path=tmp_path / "s.pt", config_hash="h")
-    monkeypatch.setattr(population, "save_checkpoint", real_save)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    # the keys of checkpoints written before the loop core existed, so that their runs still resume
+    expected_keys = {"epoch", "params", "ema", "optimizer", "order_rng", "noise_rng", "histories", "seconds"}
+    assert set(load_checkpoint(tmp_path / "s.pt", "h")) == expected_keys
     resumed = [build(n) for n in names]
     results = train_population(resumed, x, y, cfg, seed=1, labels_of_members=names, checkpoint_path=tmp_path / "s.pt", config_hash="h")
     assert results[0].resumed_from_epoch == 1

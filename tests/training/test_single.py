@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from vibbench import create_model
+from vibbench.training.checkpoints import load_checkpoint
 from vibbench.training.config import TrainConfig
 from vibbench.core.errors import VibbenchError
-from vibbench.training.loop import ema_decay_at
-from vibbench.training.single import TrainingDiverged, batch_order, lr_at, order_generator, train_model
+from vibbench.training.loop import TrainingDiverged
+from vibbench.training.single import train_model
 
 CFG = TrainConfig(dataset="synthetic", epochs=2, batch_size=20, eval_samples=4)
 
@@ -46,29 +47,31 @@ def test_every_model_of_a_seed_sees_the_same_batches_in_the_same_order():
     assert not all(torch.equal(u, v) for u, v in zip(a, other))
 
 
-def test_batch_order_is_a_permutation_without_the_partial_batch():
-    batches = batch_order(105, 20, order_generator(0))
-    assert len(batches) == 5
-    flat = torch.cat(batches)
-    assert flat.unique().numel() == 100 and flat.max() < 105
+def test_model_ends_with_the_ema_of_its_iterates(monkeypatch):
+    # recomputed in float64 from the weights after every step with TensorFlow's decay min(d, (1 + t) / (10 + t))
+    import vibbench.training.loop as loop
 
+    iterates = []
+    real_update = loop.ema_update
 
-def test_schedule_and_ema_decay():
-    cfg = TrainConfig()
-    assert [lr_at(cfg, e) for e in (0, 1, 2, 3, 4)] == pytest.approx([1e-4, 1e-4, 0.97e-4, 0.97e-4, 0.97**2 * 1e-4])
-    assert ema_decay_at(0, 0.999) == pytest.approx(0.1)
-    assert ema_decay_at(10**6, 0.999) == 0.999
+    def record(ema, params, step, decay):
+        iterates.append([p.detach().double().clone() for p in params])
+        real_update(ema, params, step, decay)
 
-
-def test_model_ends_with_the_ema_weights():
-    # with ema_decay 0 the average is the last iterate; with a huge decay and few steps it stays near the start
+    monkeypatch.setattr(loop, "ema_update", record)
     x, y = tiny_data()
     torch.manual_seed(0)
     model = create_model("mlp_deterministic")
-    start = [p.detach().clone() for p in model.parameters()]
-    cfg = dataclasses.replace(CFG, epochs=1, ema_decay=0.0)
+    expected = [p.detach().double().clone() for p in model.parameters()]
+    cfg = dataclasses.replace(CFG, epochs=1, ema_decay=0.5, lr=1e-2)
     train_model(model, x, y, cfg, seed=0, label="m")
-    assert any(not torch.equal(p, s) for p, s in zip(model.parameters(), start))
+    assert len(iterates) == 5
+    for t, params in enumerate(iterates):
+        d = min(0.5, (1 + t) / (10 + t))
+        expected = [d * e + (1 - d) * p for e, p in zip(expected, params)]
+    for p, e, last in zip(model.parameters(), expected, iterates[-1]):
+        assert torch.allclose(p.double(), e, atol=1e-6)
+    assert any(not torch.allclose(p.double(), last, atol=1e-4) for p, last in zip(model.parameters(), iterates[-1]))
 
 
 def test_nan_loss_stops_training_naming_model_epoch_and_step():
@@ -90,19 +93,21 @@ def test_interrupted_training_resumes_to_identical_weights(tmp_path, monkeypatch
     reference = fresh()
     train_model(reference, x, y, CFG, seed=1, label="ref")
 
-    import vibbench.training.single as train_mod
+    import vibbench.training.loop as loop
 
-    real_save = train_mod.save_checkpoint
+    real_save = loop.save_checkpoint
 
     def save_then_die(*args, **kwargs):
         real_save(*args, **kwargs)
         raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
 
     ckpt = tmp_path / "state.pt"
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_model(fresh(), x, y, CFG, seed=1, label="a", checkpoint_path=ckpt, config_hash="h")
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    # the keys of checkpoints written before the loop core existed, so that their runs still resume
+    assert set(load_checkpoint(ckpt, "h")) == {"epoch", "model", "optimizer", "ema", "order_rng", "noise_rng", "history", "seconds"}
     resumed = fresh()
     result = train_model(resumed, x, y, CFG, seed=1, label="a", checkpoint_path=ckpt, config_hash="h")
     assert result.resumed_from_epoch == 1 and len(result.history) == 2

@@ -8,7 +8,7 @@ whose writer is no longer running (the next run calls it on the folders it holds
 
 from __future__ import annotations
 
-import hashlib
+import json
 import os
 import re
 import tempfile
@@ -16,18 +16,6 @@ from pathlib import Path
 
 _TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
 """Temporary files of `atomic_write_bytes`: `.<target name>.<writer pid>.<random>.tmp`."""
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -81,10 +69,12 @@ def _umask() -> int:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """`atomic_write_bytes` of `text` encoded as UTF-8."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id is running (ours counts)."""
     if pid == os.getpid():
         return True
     try:
@@ -115,3 +105,8 @@ def remove_stale_temps(folder: str | os.PathLike, recursive: bool = False) -> li
             except FileNotFoundError:
                 pass
     return removed
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write `obj` to `path` atomically as indented JSON with sorted keys (values JSON lacks become strings)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")

@@ -27,11 +27,8 @@ def describe_os_error(exc: OSError) -> str:
     return text
 
 
-def is_disk_full(exc: OSError) -> bool:
-    return exc.errno in _DISK_FULL
-
-
 def unknown_name_message(kind: str, name: str, known: list[str] | tuple[str, ...]) -> str:
+    """"unknown <kind> '<name>'." with up to three close matches among `known` as a hint, then all of `known`."""
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return f"unknown {kind} {name!r}.{hint} Known: {', '.join(known)}."

@@ -8,6 +8,7 @@ from tqdm import tqdm
 
 
 def is_interactive() -> bool:
+    """Whether stderr is a terminal (where a live bar can be drawn)."""
     return sys.stderr.isatty()
 
 

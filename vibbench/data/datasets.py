@@ -67,8 +67,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vibbench.core.atomic import atomic_write_bytes, atomic_write_text, sha256_bytes
+from vibbench.core.atomic import atomic_write_bytes, atomic_write_text
+from vibbench.core.hashing import sha256_bytes
 from vibbench.core.errors import VibbenchError
+from vibbench.core.paths import cache_root
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _np_multiarray
@@ -178,12 +180,12 @@ class _SourceFailed(Exception):
 
 
 def default_data_dir() -> Path:
-    """$VIBBENCH_DATA_DIR, else $XDG_CACHE_HOME/vibbench/data, else ~/.cache/vibbench/data."""
+    """$VIBBENCH_DATA_DIR, else the folder `data` of `cache_root()` ($XDG_CACHE_HOME/vibbench or ~/.cache/vibbench).
+
+    Not under $VIBBENCH_CACHE_DIR: a fresh run cache (a test's, a benchmark's) keeps using the datasets already fetched."""
     if os.environ.get("VIBBENCH_DATA_DIR"):
         return Path(os.environ["VIBBENCH_DATA_DIR"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "vibbench" / "data"
-    return Path.home() / ".cache" / "vibbench" / "data"
+    return cache_root() / "data"
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> Dataset:

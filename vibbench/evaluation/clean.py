@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from vibbench.evaluation.inference import eval_mode, mean_mode, seeded_noise
 from vibbench.models.classifier import Classifier
 
 LN2 = math.log(2.0)
@@ -33,16 +34,11 @@ def clean_metrics(
     """{(eval_mode, metric): value}. Metrics: accuracy, error (fractions), nll (nats);
     for stochastic models also rate_bits = E[KL(q(z|x) || N(0, I))] / ln 2, an upper bound on I(Z;X),
     and izy_bits = H(Y) - E_z[-log q(y|z)] / ln 2, a lower bound on I(Z;Y) (Alemi et al. 2017, Sec. 2)."""
-    was_training, was_mean = model.training, model.mean_mode
-    model.eval()
     totals: dict[tuple[str, str], float] = {}
     n = labels.shape[0]
-    devices = [images.device] if images.is_cuda else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            for mode in EVAL_MODES:
-                model.mean_mode = mode == "mean"
+    with eval_mode(model), seeded_noise(seed, images.device):
+        for mode in EVAL_MODES:
+            with mean_mode(model, mode == "mean"):
                 correct = nll = kl = sample_ce = 0.0
                 for start in range(0, n, batch_size):
                     x, y = images[start : start + batch_size], labels[start : start + batch_size]
@@ -53,13 +49,10 @@ def clean_metrics(
                     kl += float(out.kl.float().sum())
                     per_sample = F.log_softmax(out.logits.float(), -1).gather(-1, y.expand(out.logits.shape[0], -1)[..., None])
                     sample_ce -= float(per_sample.mean(0).sum())
-                totals[(mode, "accuracy")] = correct / n
-                totals[(mode, "error")] = 1.0 - correct / n
-                totals[(mode, "nll")] = nll / n
-                if model.stochastic:
-                    totals[(mode, "rate_bits")] = kl / n / LN2
-                    totals[(mode, "izy_bits")] = label_entropy_bits(labels, model.num_classes) - sample_ce / n / LN2
-    finally:
-        model.train(was_training)
-        model.mean_mode = was_mean
+            totals[(mode, "accuracy")] = correct / n
+            totals[(mode, "error")] = 1.0 - correct / n
+            totals[(mode, "nll")] = nll / n
+            if model.stochastic:
+                totals[(mode, "rate_bits")] = kl / n / LN2
+                totals[(mode, "izy_bits")] = label_entropy_bits(labels, model.num_classes) - sample_ce / n / LN2
     return totals

@@ -17,22 +17,19 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 
-from vibbench.evaluation.settings import ATTACKS, AttackSettings
-from vibbench.evaluation.attacks import (
-    adversarial_examples,
-    input_gradients,
-    paths_for,
-    perturbation_norm,
-    predict,
-)
-from vibbench.models.classifier import Classifier
 from vibbench.core.errors import VibbenchError
 from vibbench.core.progress import log
+from vibbench.evaluation.attacks.adversarial import adversarial_examples, perturbation_norm
+from vibbench.evaluation.attacks.registry import ATTACKS, AttackSpec
+from vibbench.evaluation.attacks.target import input_gradients, paths_for
+from vibbench.evaluation.inference import eval_mode, predict
+from vibbench.evaluation.settings import AttackSettings
+from vibbench.models.classifier import Classifier
 
-EXPENSIVE = ("cw", "square", "autoattack")
 FLAGS = ("nonmonotone", "large_eps", "blackbox_stronger", "zero_grad")
 BLACKBOX_MARGIN = 0.05
 LARGE_EPS_MARGIN = 0.10
@@ -85,59 +82,102 @@ def masking_flags(acc: dict[Key, float], n: dict[Key, int], large: dict[Key, flo
     return flags
 
 
+@dataclass(frozen=True)
+class AttackRun:
+    """What every attack of one evaluation shares: the model, the first n test images and their labels,
+    the settings, the noise seed, and which images the model classifies correctly unattacked."""
+
+    model: Classifier
+    x: torch.Tensor
+    y: torch.Tensor
+    settings: AttackSettings
+    seed: int
+    correct: torch.Tensor
+
+    def adversarial(self, attack: str, m: int, eps: float, path: str, **options) -> torch.Tensor:
+        """Adversarial versions of the first m images (`options`: random_start, cw_c)."""
+        return adversarial_examples(self.model, self.x[:m], self.y[:m], attack, eps, path, self.settings, self.seed, **options)
+
+    def survives(self, adv: torch.Tensor) -> torch.Tensor:
+        """Per example of the first len(adv): robust, i.e. correct on the clean image and on `adv`."""
+        m = adv.shape[0]
+        return self.correct[:m] & (predict(self.model, adv, seed=self.seed) == self.y[:m])
+
+
+def budgeted_robustness(run: AttackRun, spec: AttackSpec, path: str, m: int) -> dict[Key, torch.Tensor]:
+    """Robust examples under an attack with a budget, at each budget of its grid (the expensive grid if it is expensive)."""
+    grid = run.settings.expensive_eps if spec.expensive else run.settings.grid(spec.norm)
+    return {(spec.name, path, spec.norm, eps): run.survives(run.adversarial(spec.name, m, eps, path)) for eps in grid}
+
+
+def minimal_robustness(run: AttackRun, spec: AttackSpec, path: str, m: int) -> tuple[dict[Key, torch.Tensor], float]:
+    """Robust examples under a minimal-perturbation attack at each budget of its norm's grid, and the median
+    distance of the adversarial examples it found. It is run at each c of `cw_cs`; per example the smallest
+    successful perturbation counts."""
+    dist = torch.full((m,), float("inf"), device=run.x.device)
+    for c in run.settings.cw_cs:
+        adv = run.adversarial(spec.name, m, 0.0, path, cw_c=c)
+        fooled = ~run.survives(adv) & run.correct[:m]
+        dist = torch.where(fooled, torch.minimum(dist, perturbation_norm(adv - run.x[:m], spec.norm)), dist)
+    robust = {(spec.name, path, spec.norm, eps): run.correct[:m] & ~(dist <= eps + 1e-6) for eps in run.settings.grid(spec.norm)}
+    found = dist[torch.isfinite(dist)]
+    return robust, float(found.median()) if found.numel() else float("nan")
+
+
+def large_eps_accuracy(run: AttackRun, path: str, m: int) -> dict[Key, float]:
+    """Robust accuracy of the first m images under PGD at the very large budgets of `large_eps` (the large_eps check)."""
+    out: dict[Key, float] = {}
+    for norm, eps in run.settings.large_eps:
+        # no random start: at such budgets a random start is itself noise that destroys the
+        # image and would stand in for a failed attack, hiding masked gradients
+        attack = "pgd" if norm == "linf" else "pgd_l2"
+        adv = run.adversarial(attack, m, eps, path, random_start=False)
+        out[(attack, path, norm, eps)] = float(run.survives(adv).float().mean())
+    return out
+
+
 def evaluate_robustness(
     model: Classifier, images: torch.Tensor, labels: torch.Tensor, settings: AttackSettings, *, seed: int = 0, label: str = ""
 ) -> list[dict]:
     """Attack `model` on the first `settings.subset` images; return measurement records."""
     if images.shape[0] == 0 or settings.subset < 1:
         raise VibbenchError("the evaluation subset is empty: nothing to attack")
-    model.eval()
     n_all = min(settings.subset, images.shape[0])
     n_exp = min(settings.expensive_subset, n_all)
     x, y = images[:n_all], labels[:n_all]
-    correct = predict(model, x, seed=seed) == y
     robust: dict[Key, torch.Tensor] = {}
     large: dict[Key, float] = {}
     zero_grad: dict[str, float] = {}
-    records: list[dict] = []
+    distances: list[dict] = []
+    with eval_mode(model):
+        run = AttackRun(model, x, y, settings, seed, correct=predict(model, x, seed=seed) == y)
+        for path in paths_for(model):
+            grads = input_gradients(model, x[:n_exp], y[:n_exp], path)
+            zero_grad[path] = float((grads.flatten(1).abs().amax(1) == 0).float().mean())
+            for attack in settings.attacks:
+                spec = ATTACKS[attack]
+                m = n_exp if spec.expensive else n_all
+                t0 = time.perf_counter()
+                if spec.minimal:
+                    found, median = minimal_robustness(run, spec, path, m)
+                    robust |= found
+                    distances.append(_record(attack, path, spec.norm, float("nan"), m, "median_adv_distance", median))
+                else:
+                    robust |= budgeted_robustness(run, spec, path, m)
+                log(f"  {label} {attack} ({path} path): {time.perf_counter() - t0:.1f} s")
+            large |= large_eps_accuracy(run, path, n_exp)
+    return distances + summary_records(robust, large, zero_grad, run.correct, n_exp, model.num_classes)
 
-    def judge(adv: torch.Tensor, m: int) -> torch.Tensor:
-        return correct[:m] & (predict(model, adv, seed=seed) == y[:m])
 
-    for path in paths_for(model):
-        grads = input_gradients(model, x[:n_exp], y[:n_exp], path)
-        zero_grad[path] = float((grads.flatten(1).abs().amax(1) == 0).float().mean())
-        for attack in settings.attacks:
-            spec = ATTACKS[attack]
-            m = n_exp if attack in EXPENSIVE else n_all
-            t0 = time.perf_counter()
-            if spec.minimal:
-                dist = torch.full((m,), float("inf"), device=x.device)
-                for c in settings.cw_cs:
-                    adv = adversarial_examples(model, x[:m], y[:m], attack, 0.0, path, settings, seed, cw_c=c)
-                    fooled = ~judge(adv, m) & correct[:m]
-                    dist = torch.where(fooled, torch.minimum(dist, perturbation_norm(adv - x[:m], spec.norm)), dist)
-                for eps in settings.grid(spec.norm):
-                    robust[(attack, path, spec.norm, eps)] = correct[:m] & ~(dist <= eps + 1e-6)
-                found = dist[torch.isfinite(dist)]
-                records.append(_record(attack, path, spec.norm, float("nan"), m, "median_adv_distance", float(found.median()) if found.numel() else float("nan")))
-            else:
-                grid = settings.expensive_eps if attack in EXPENSIVE else settings.grid(spec.norm)
-                for eps in grid:
-                    adv = adversarial_examples(model, x[:m], y[:m], attack, eps, path, settings, seed)
-                    robust[(attack, path, spec.norm, eps)] = judge(adv, m)
-            log(f"  {label} {attack} ({path} path): {time.perf_counter() - t0:.1f} s")
-        for norm, eps in settings.large_eps:
-            # no random start: at such budgets a random start is itself noise that destroys the
-            # image and would stand in for a failed attack, hiding masked gradients
-            attack = "pgd" if norm == "linf" else "pgd_l2"
-            adv = adversarial_examples(model, x[:n_exp], y[:n_exp], attack, eps, path, settings, seed, random_start=False)
-            large[(attack, path, norm, eps)] = float(judge(adv, n_exp).float().mean())
-
+def summary_records(
+    robust: dict[Key, torch.Tensor], large: dict[Key, float], zero_grad: dict[str, float], correct: torch.Tensor, n_exp: int, num_classes: int
+) -> list[dict]:
+    """Records of robust accuracy per attack, path and budget, the worst case, the large-eps accuracies, the
+    zero-gradient fractions, the clean accuracy and the gradient-masking flags, in that order."""
+    n_all = correct.numel()
     acc = {k: float(v.float().mean()) for k, v in robust.items()}
     sizes = {k: v.numel() for k, v in robust.items()}
-    for (attack, path, norm, eps), value in acc.items():
-        records.append(_record(attack, path, norm, eps, sizes[(attack, path, norm, eps)], "robust_accuracy", value))
+    records = [_record(*key, sizes[key], "robust_accuracy", value) for key, value in acc.items()]
     for (norm, eps), mask in worst_case(robust).items():
         records.append(_record("worst_case", "all", norm, eps, mask.numel(), "robust_accuracy", float(mask.float().mean())))
     for (attack, path, norm, eps), value in large.items():
@@ -145,7 +185,7 @@ def evaluate_robustness(
     for path, frac in zero_grad.items():
         records.append(_record("gradient", path, "", float("nan"), n_exp, "zero_grad_fraction", frac))
     records.append(_record("clean", "all", "", 0.0, n_all, "robust_accuracy", float(correct.float().mean())))
-    flags = masking_flags(acc, sizes, large, zero_grad, model.num_classes)
+    flags = masking_flags(acc, sizes, large, zero_grad, num_classes)
     for flag, on in flags.items():
         records.append(_record("checks", "all", "", float("nan"), n_all, f"flag_{flag}", float(on)))
     return records

@@ -6,7 +6,6 @@ Pure: a model and data in, records out. Stochastic predictions are drawn under a
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,43 +13,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vibbench.evaluation.settings import AttackSettings, EvalConfig
-from vibbench.evaluation.calibration import calibration_metrics, fit_temperature, reliability_bins
-from vibbench.models.classifier import Classifier
+from vibbench.data.corruptions import corrupt
 from vibbench.data.datasets import Split
-from vibbench.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from vibbench.core.errors import VibbenchError
+from vibbench.evaluation.calibration import calibration_metrics, fit_temperature, reliability_bins
 from vibbench.evaluation.clean import EVAL_MODES
+from vibbench.evaluation.inference import predictions
 from vibbench.evaluation.ood import entropy_score, msp_score, ood_metrics, roc_curve
-from vibbench.core.errors import unknown_name_message
 from vibbench.evaluation.robustness import evaluate_robustness
+from vibbench.evaluation.settings import AttackSettings, EvalConfig
+from vibbench.models.classifier import Classifier
 
 OOD_PAIRS = {"mnist": "fashion-mnist", "fashion-mnist": "mnist", "synthetic": "noise"}
 """The OOD set of each dataset; "noise" is uniform noise images, generated from the seed."""
 
 ROC_POINTS = 101  # points kept per ROC curve in metrics.csv (enough to draw it)
-
-
-@torch.no_grad()
-def predictions(model: Classifier, images: torch.Tensor, mode: str, *, batch_size: int = 1000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-probabilities (N, C) on the CPU in float64, per-example KL (N,)) in eval mode under a fixed seed."""
-    was_mean = model.mean_mode
-    model.eval()
-    model.mean_mode = mode == "mean"
-    devices = [images.device] if images.is_cuda else []
-    n = images.shape[0]
-    logps = torch.empty(n, model.num_classes, dtype=torch.float64)  # filled chunk by chunk: memory is the output plus one chunk
-    kls = torch.empty(n, dtype=torch.float64)
-    try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            for i in range(0, n, batch_size):
-                out = model.forward_details(images[i : i + batch_size])
-                logps[i : i + batch_size] = F.log_softmax(out.prediction().double(), -1).cpu()
-                kls[i : i + batch_size] = out.kl.double().cpu()
-    finally:
-        model.mean_mode = was_mean
-    return logps, kls
 
 
 def noise_images(n: int, seed: int) -> torch.Tensor:

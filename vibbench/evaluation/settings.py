@@ -8,45 +8,23 @@ from dataclasses import dataclass
 
 from vibbench.core.errors import VibbenchError, unknown_name_message
 from vibbench.data.corruptions import CORRUPTIONS, SEVERITIES
+from vibbench.evaluation.attacks.registry import ATTACKS
 
 
 NORMS = ("linf", "l2")
-PATHS = ("direct", "mean", "eot")
-"""direct: a deterministic model as it is; mean: a stochastic model's z = mu path; eot: its stochastic predictor with EOT."""
-
-
-@dataclass(frozen=True)
-class AttackSpec:
-    name: str
-    norm: str
-    white_box: bool
-    minimal: bool = False  # finds a minimal perturbation; budgets are applied afterwards
-
-
-ATTACKS: dict[str, AttackSpec] = {
-    a.name: a
-    for a in (
-        AttackSpec("fgsm", "linf", True),
-        AttackSpec("pgd", "linf", True),
-        AttackSpec("pgd_l2", "l2", True),
-        AttackSpec("cw", "l2", True, minimal=True),
-        AttackSpec("square", "linf", False),
-        AttackSpec("autoattack", "linf", True),
-    )
-}
 
 
 @dataclass(frozen=True)
 class AttackSettings:
     """Everything that decides what the attacks do; saved with the results."""
 
-    attacks: tuple[str, ...] = ("fgsm", "pgd", "pgd_l2", "cw", "square", "autoattack")
+    attacks: tuple[str, ...] = tuple(ATTACKS)
     linf_eps: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
     l2_eps: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
-    expensive_eps: tuple[float, ...] = (0.1, 0.3)  # L-inf budgets for square and autoattack
+    expensive_eps: tuple[float, ...] = (0.1, 0.3)  # L-inf budgets for the expensive attacks that take a budget
     large_eps: tuple[tuple[str, float], ...] = (("linf", 0.9), ("l2", 20.0))  # sanity check: accuracy ~ chance
     subset: int = 1000  # the first N test images (as the paper does)
-    expensive_subset: int = 1000  # the first N for cw, square and autoattack
+    expensive_subset: int = 1000  # the first N for the expensive attacks
     pgd_steps: int = 40
     eot_iter: int = 10  # forward passes averaged per gradient on the EOT path
     cw_steps: int = 100
@@ -129,6 +107,3 @@ class EvalConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    def replace(self, **changes) -> "EvalConfig":
-        return dataclasses.replace(self, **changes)

@@ -168,9 +168,6 @@ def why_unavailable(device: torch.device | str) -> str | None:
     return None
 
 
-_why_unavailable = why_unavailable  # the name vibbench.bench.throughput looks up
-
-
 def available(device: torch.device | str | None = None) -> bool:
     """True when the fused kernel can run on `device`: a CUDA device with a working triton, or
     the CPU with TRITON_INTERPRET=1 set. `device=None` means cuda if torch sees one, else cpu.

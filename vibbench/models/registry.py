@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 
 from vibbench.models.backbones import BACKBONES

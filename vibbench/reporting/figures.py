@@ -1,6 +1,6 @@
 """Figures of a run, drawn from metrics.csv alone (no models): one function per figure.
 
-Every function takes the tidy metrics DataFrame (the schema in `results.COLUMNS`) and returns a
+Every function takes the tidy metrics DataFrame (the schema in `metrics.COLUMNS`) and returns a
 matplotlib `Figure`, or None when the rows it needs are absent. Figures are built with the
 object-oriented API (`matplotlib.figure.Figure` on an Agg canvas): nothing here selects a backend
 or touches pyplot's global figure state, and the seaborn styles are applied in a context that is
@@ -27,27 +27,15 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from vibbench.core.atomic import atomic_write_bytes
+from vibbench.evaluation.attacks.registry import ATTACKS
+from vibbench.reporting.metrics import clean_rows, model_order, tidy_metrics
 from vibbench.reporting.stats import mean_ci95
 
-STRING_COLUMNS = (
-    "run_id", "model", "label", "method", "backbone", "dataset", "split", "eval_mode",
-    "attack", "path", "norm", "corruption", "ood", "score", "calibration", "metric",
-)  # fmt: skip
-NUMERIC_COLUMNS = ("beta", "seed", "eps", "severity", "bin", "n", "value")
-CONDITIONS_BEYOND_CLEAN = ("attack", "path", "norm", "corruption", "ood", "score", "calibration")
-
 DPI = 150
-NORM_AXIS = {"linf": "ε (L∞, pixel scale [0,1])", "l2": "ε (L2, pixel scale [0,1])"}
-NORM_TITLE = {"linf": "L∞ budget", "l2": "L2 budget"}
-ATTACK_NAMES = {
-    "fgsm": "FGSM",
-    "pgd": "PGD",
-    "pgd_l2": "PGD-L2",
-    "cw": "C&W (L2)",
-    "square": "Square (black box)",
-    "autoattack": "AutoAttack",
-    "worst_case": "worst case (all attacks)",
-}
+NORM_TITLES = {"linf": "L∞", "l2": "L2"}
+NORM_AXIS = {norm: f"ε ({title}, pixel scale [0,1])" for norm, title in NORM_TITLES.items()}
+ATTACK_NAMES = {name: spec.display_name for name, spec in ATTACKS.items()} | {"worst_case": "worst case (all attacks)"}
+"""Attack name in metrics.csv -> how tables and legends show it, in the registry's order, the worst case last."""
 SCORE_NAMES = {"msp": "max. softmax probability", "entropy": "predictive entropy", "rate": "rate KL(q(z|x) ‖ r(z))"}
 MODE_NAMES = {"predictor": "stochastic predictor", "mean": "mean mode (z = μ)"}
 _DASHES = ["", (4, 1.5), (1, 1), (3, 1, 1, 1), (6, 2, 1, 2), (2, 2)]
@@ -55,48 +43,18 @@ _MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
 
 
 # ---------------------------------------------------------------------------------------------
-# data helpers (shared with report.py)
-
-
-def tidy_metrics(df: pd.DataFrame) -> pd.DataFrame:
-    """A copy with string conditions as str ("" where empty) and numbers as float (NaN where empty).
-
-    Works on a DataFrame straight from `write_metrics` (None, Int64) and on one read back from
-    the CSV (all-empty columns come back as float NaN).
-    """
-    df = df.copy()
-    for col in STRING_COLUMNS:
-        if col not in df.columns:
-            df[col] = ""
-        s = df[col].astype(object)
-        df[col] = s.where(s.notna(), "").astype(str)
-    for col in NUMERIC_COLUMNS:
-        if col not in df.columns:
-            df[col] = np.nan
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
-    return df.reset_index(drop=True)
-
-
-def clean_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The clean-evaluation and training rows: no attack, corruption, OOD set, calibration or bin."""
-    mask = np.ones(len(df), dtype=bool)
-    for col in CONDITIONS_BEYOND_CLEAN:
-        mask &= (df[col] == "").to_numpy()
-    mask &= df["bin"].isna().to_numpy() & df["severity"].isna().to_numpy()
-    return df[mask]
-
-
-def model_order(df: pd.DataFrame) -> list[str]:
-    return list(pd.unique(df["label"]))
+# data helpers
 
 
 def palette(df: pd.DataFrame) -> dict[str, tuple]:
+    """Model label -> its colour in every figure of `df` (tab10 up to 10 models, husl beyond)."""
     labels = model_order(df)
     colors = sns.color_palette("tab10" if len(labels) <= 10 else "husl", len(labels))
     return dict(zip(labels, colors))
 
 
 def several_seeds(d: pd.DataFrame, keys: list[str]) -> bool:
+    """Whether some group of `d` by `keys` holds more than one seed (only then is an interval drawn)."""
     return not d.empty and int(d.groupby(keys)["seed"].nunique().max()) > 1
 
 
@@ -108,7 +66,7 @@ def _errorbar(d: pd.DataFrame, keys: list[str]):
 # figure plumbing
 
 
-def _styled(fn):
+def styled(fn):
     """Run a plotting function inside seaborn's style contexts (restored afterwards)."""
 
     @functools.wraps(fn)
@@ -120,7 +78,8 @@ def _styled(fn):
     return wrapper
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """An empty Figure of `width` x `height` inches with constrained layout, on its own Agg canvas (no pyplot)."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -149,7 +108,7 @@ def _model_legend(fig: Figure, labels: list[str], pal: dict, title: str = "model
     fig.legend(handles=handles, loc="outside right center", title=title, fontsize="small", title_fontsize="small")
 
 
-def _log_scale(ax, axis: str, values) -> None:
+def log_scale(ax, axis: str, values) -> None:
     """A log axis whose labels never collide: decades only over a wide range, 1-2-5 ticks over a narrow one."""
     values = np.asarray([v for v in values if v > 0 and np.isfinite(v)], dtype=float)
     target = ax.xaxis if axis == "x" else ax.yaxis
@@ -164,7 +123,7 @@ def _log_scale(ax, axis: str, values) -> None:
 # the figures
 
 
-@_styled
+@styled
 def clean_error_figure(df: pd.DataFrame) -> Figure | None:
     """Test error of each model's predictor, bars = mean over seeds, dots = seeds."""
     df = tidy_metrics(df)
@@ -175,7 +134,7 @@ def clean_error_figure(df: pd.DataFrame) -> Figure | None:
     d["error (%)"] = 100 * d.value
     labels = [lab for lab in model_order(df) if lab in set(d.label)]
     pal = palette(df)
-    fig = _figure(6.0, 0.9 + 0.38 * len(labels))
+    fig = new_figure(6.0, 0.9 + 0.38 * len(labels))
     ax = fig.add_subplot()
     sns.barplot(
         data=d, y="label", x="error (%)", hue="label", order=labels, hue_order=labels, palette=pal,
@@ -205,7 +164,7 @@ def _robust_frame(df: pd.DataFrame) -> pd.DataFrame:
     return per
 
 
-@_styled
+@styled
 def robustness_figure(df: pd.DataFrame) -> Figure | None:
     """Robust accuracy against ε, one panel per norm; thick line = per-example worst case."""
     df = tidy_metrics(df)
@@ -219,7 +178,7 @@ def robustness_figure(df: pd.DataFrame) -> Figure | None:
     attacks += sorted(set(per.attack) - set(ATTACK_NAMES))
     dashes = {a: _DASHES[(i + 1) % len(_DASHES)] for i, a in enumerate(attacks)}
     markers = {a: _MARKERS[(i + 1) % len(_MARKERS)] for i, a in enumerate(attacks)}
-    fig = _figure(4.6 * len(norms) + 2.4, 3.9)
+    fig = new_figure(4.6 * len(norms) + 2.4, 3.9)
     axes = fig.subplots(1, len(norms), squeeze=False)[0]
     for ax, norm in zip(axes, norms):
         d = per[per.norm == norm]
@@ -237,7 +196,7 @@ def robustness_figure(df: pd.DataFrame) -> Figure | None:
                 data=wc, x="eps", y="value", hue="label", hue_order=labels, palette=pal, linewidth=2.8, marker="o",
                 markersize=5, errorbar=_errorbar(wc, ["label", "eps"]), err_kws={"alpha": 0.2}, ax=ax, legend=False, seed=0,
             )  # fmt: skip
-        ax.set(xlabel=NORM_AXIS[norm], ylabel="robust accuracy", ylim=(-0.02, 1.02), title=NORM_TITLE[norm])
+        ax.set(xlabel=NORM_AXIS[norm], ylabel="robust accuracy", ylim=(-0.02, 1.02), title=f"{NORM_TITLES[norm]} budget")
         ax.set_xlim(left=0)
     fig.suptitle("Robust accuracy (test subset) against the attack budget")
     style = [Line2D([], [], color="black", lw=2.8, marker="o", ms=5, label=ATTACK_NAMES["worst_case"])] if "worst_case" in set(per.attack) else []
@@ -275,7 +234,7 @@ def _reliability_frame(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-@_styled
+@styled
 def reliability_figure(df: pd.DataFrame) -> Figure | None:
     """Reliability diagrams of each model's predictor before temperature scaling (bins pooled over seeds)."""
     df = tidy_metrics(df)
@@ -287,7 +246,7 @@ def reliability_figure(df: pd.DataFrame) -> Figure | None:
     ece = df[(df.calibration == "none") & (df.eval_mode == "predictor") & (df.metric == "ece") & df.bin.isna()]
     ncols = min(len(labels), 4)
     nrows = math.ceil(len(labels) / ncols)
-    fig = _figure(2.55 * ncols + 0.3, 3.2 * nrows + 0.4)
+    fig = new_figure(2.55 * ncols + 0.3, 3.2 * nrows + 0.4)
     grid = fig.add_gridspec(2 * nrows, ncols, height_ratios=[3, 1] * nrows)
     for i, label in enumerate(labels):
         r, c = divmod(i, ncols)
@@ -327,7 +286,7 @@ def _vib_clean(df: pd.DataFrame) -> pd.DataFrame:
     return d[(d.method == "vib") & (d.split == "test") & (d.beta > 0)]
 
 
-@_styled
+@styled
 def beta_sweep_figure(df: pd.DataFrame) -> Figure | None:
     """Test error (%) and rate (bits) of the VIB models against β (log axis); needs ≥ 2 distinct β."""
     df = tidy_metrics(df)
@@ -339,7 +298,7 @@ def beta_sweep_figure(df: pd.DataFrame) -> Figure | None:
     err["mode"] = err.eval_mode.map(MODE_NAMES)
     rate = d[(d.metric == "rate_bits") & (d.eval_mode == "predictor")]
     multi_backbone = d.backbone.nunique() > 1
-    fig = _figure(9.0, 3.6)
+    fig = new_figure(9.0, 3.6)
     ax1, ax2 = fig.subplots(1, 2)
     if not err.empty:
         sns.lineplot(
@@ -352,7 +311,7 @@ def beta_sweep_figure(df: pd.DataFrame) -> Figure | None:
     if not base.empty:
         ax1.axhline(100 * base.value.mean(), color="0.3", ls=":", lw=1.2, label="deterministic baseline")
         ax1.legend(fontsize="small")
-    _log_scale(ax1, "x", d.beta)
+    log_scale(ax1, "x", d.beta)
     ax1.set(xlabel="β (log scale)", ylabel="test error (%)", title="Test error against β")
     if not rate.empty:
         sns.lineplot(
@@ -361,14 +320,14 @@ def beta_sweep_figure(df: pd.DataFrame) -> Figure | None:
         )  # fmt: skip
         positive = rate.value[rate.value > 0]
         if not positive.empty and positive.max() / positive.min() >= 10:
-            _log_scale(ax2, "y", positive)
-    _log_scale(ax2, "x", d.beta)
+            log_scale(ax2, "y", positive)
+    log_scale(ax2, "x", d.beta)
     ax2.set(xlabel="β (log scale)", ylabel="rate (bits)", title="Rate: upper bound on I(Z;X)")
     fig.suptitle("The β sweep of the VIB models (test set)")
     return fig
 
 
-@_styled
+@styled
 def information_plane_figure(df: pd.DataFrame) -> Figure | None:
     """I(Z;Y) lower bound against the I(Z;X) upper bound (bits), one point per VIB model, coloured by log10 β."""
     df = tidy_metrics(df)
@@ -387,7 +346,7 @@ def information_plane_figure(df: pd.DataFrame) -> Figure | None:
     pts = pd.DataFrame(points, columns=["label", "beta", "x", "xh", "y", "yh"]).dropna(subset=["x", "y"]).sort_values("beta")
     if pts.empty:
         return None
-    fig = _figure(5.6, 4.2)
+    fig = new_figure(5.6, 4.2)
     ax = fig.add_subplot()
     ax.plot(pts.x, pts.y, color="0.6", lw=0.8, zorder=1)
     if (pts.xh.notna() | pts.yh.notna()).any():
@@ -398,7 +357,7 @@ def information_plane_figure(df: pd.DataFrame) -> Figure | None:
         cbar.locator = matplotlib.ticker.MaxNLocator(integer=True)
         cbar.update_ticks()
     if pts.x.min() > 0 and pts.x.max() / pts.x.min() >= 10:
-        _log_scale(ax, "x", pts.x)
+        log_scale(ax, "x", pts.x)
     ax.set(
         xlabel="rate I(Z;X) upper bound (bits)",
         ylabel="I(Z;Y) lower bound (bits)",
@@ -429,7 +388,7 @@ def _roc_frame(df: pd.DataFrame, grid: np.ndarray) -> pd.DataFrame:
     return pd.concat(curves, ignore_index=True)
 
 
-@_styled
+@styled
 def ood_roc_figure(df: pd.DataFrame) -> Figure | None:
     """ROC curves (OOD positive) per OOD set (rows) and score (columns), TPR averaged over seeds."""
     df = tidy_metrics(df)
@@ -443,7 +402,7 @@ def ood_roc_figure(df: pd.DataFrame) -> Figure | None:
     labels = [lab for lab in model_order(df) if lab in set(mean.label)]
     pal = palette(df)
     datasets = ", ".join(pd.unique(df.dataset[df.ood != ""]))
-    fig = _figure(3.1 * len(scores) + 2.4, 3.2 * len(oods) + 0.5)
+    fig = new_figure(3.1 * len(scores) + 2.4, 3.2 * len(oods) + 0.5)
     axes = fig.subplots(len(oods), len(scores), squeeze=False)
     for r, ood in enumerate(oods):
         for c, score in enumerate(scores):
@@ -479,7 +438,7 @@ def _shift_frame(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([sh, zero], ignore_index=True)
 
 
-@_styled
+@styled
 def shift_figure(df: pd.DataFrame) -> Figure | None:
     """Accuracy and ECE against corruption severity (0 = clean), mean over corruptions, band = 95% CI."""
     df = tidy_metrics(df)
@@ -489,7 +448,7 @@ def shift_figure(df: pd.DataFrame) -> Figure | None:
     sh = sh.assign(pct=100 * sh.value)
     labels = [lab for lab in model_order(df) if lab in set(sh.label)]
     pal = palette(df)
-    fig = _figure(9.6, 3.6)
+    fig = new_figure(9.6, 3.6)
     axes = fig.subplots(1, 2)
     for ax, metric, ylabel, title in (
         (axes[0], "accuracy", "accuracy (%)", "Accuracy under corruption"),

@@ -1,19 +1,21 @@
-"""Result files: the tidy metrics.csv (one row per measurement) and the summary.md tables.
+"""The metrics table: its tidy schema, metrics.csv and timing.csv, the typed frame reports read, and the
+summary.md tables.
 
 Values in data files are floats (accuracy as a fraction); rounding, percent and +- only in
-rendered Markdown.
+rendered Markdown (`format_cell`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from vibbench.core.atomic import atomic_write_text
 from vibbench.core.errors import VibbenchError
+from vibbench.reporting.markdown import markdown_table
 from vibbench.reporting.stats import mean_ci95
 
 ID_COLUMNS = ("run_id", "model", "label", "method", "backbone", "beta", "seed", "dataset")
@@ -38,6 +40,11 @@ COLUMNS = ID_COLUMNS + CONDITION_COLUMNS + ("metric", "value")
 TIMING_METRICS = ("seconds", "examples_per_second")
 """Measurements of the machine, not of the models: kept out of metrics.csv (in timing.csv, same schema),
 so that metrics.csv of the same config and seed is bit-identical from run to run."""
+
+NUMERIC_COLUMNS = ("beta", "seed", "eps", "severity", "bin", "n", "value")
+STRING_COLUMNS = tuple(c for c in COLUMNS if c not in NUMERIC_COLUMNS)
+"""How `tidy_metrics` types the columns: numbers as float (NaN where empty), the rest as str ("" where empty)."""
+CONDITIONS_BEYOND_CLEAN = ("attack", "path", "norm", "corruption", "ood", "score", "calibration")
 
 
 def write_metrics(rows: list[dict], path: Path) -> pd.DataFrame:
@@ -66,11 +73,9 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
-def write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def _cell(values: list[float], scale: float = 100.0, digits: int = 2, suffix: str = "%") -> str:
+def format_cell(values: list[float], scale: float = 100.0, digits: int = 2, suffix: str = "%") -> str:
+    """A Markdown cell for one measurement over seeds: "mean ± half-width of the 95% t-interval" times `scale`,
+    the plain mean for one value, "—" for none (NaNs are dropped)."""
     values = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
     if not values:
         return "—"
@@ -78,6 +83,29 @@ def _cell(values: list[float], scale: float = 100.0, digits: int = 2, suffix: st
     if math.isnan(half):
         return f"{mean * scale:.{digits}f}{suffix}"
     return f"{mean * scale:.{digits}f} ± {half * scale:.{digits}f}{suffix}"
+
+
+SUMMARY_HEADER = ["model", "beta", "seeds", "test error", "test error (mean mode)", "val error", "rate (bits)", "train time (s)"]
+
+
+def _summary_row(label: str, mdf: pd.DataFrame) -> list[str]:
+    """The summary cells of one model: its label, beta, seed count and errors, rate and train time over seeds."""
+
+    def vals(split, mode, metric):
+        sel = mdf[(mdf.split == split) & (mdf.eval_mode == mode) & (mdf.metric == metric)]
+        return sel.sort_values("seed").value.tolist()
+
+    beta = mdf.beta.iloc[0]
+    return [
+        f"`{label}`",
+        f"{beta:g}" if beta > 0 else "—",
+        str(mdf.seed.nunique()),
+        format_cell(vals("test", "predictor", "error")),
+        format_cell(vals("test", "mean", "error")),
+        format_cell(vals("val", "predictor", "error")),
+        format_cell(vals("test", "predictor", "rate_bits"), scale=1.0, digits=1, suffix=""),
+        format_cell(vals("train", "training", "seconds"), scale=1.0, digits=0, suffix=""),
+    ]
 
 
 def summary_markdown(df: pd.DataFrame, title: str = "") -> str:
@@ -89,26 +117,39 @@ def summary_markdown(df: pd.DataFrame, title: str = "") -> str:
         "on I(Z;X)). With several seeds a cell reads mean ± half-width of the 95% t-interval."
     )
     for dataset, ddf in df.groupby("dataset", sort=False):
-        lines += ["", f"## {dataset}", ""]
-        header = ["model", "beta", "seeds", "test error", "test error (mean mode)", "val error", "rate (bits)", "train time (s)"]
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "---|" * len(header))
-        for label, mdf in ddf.groupby("label", sort=False):
-
-            def vals(split, mode, metric):
-                sel = mdf[(mdf.split == split) & (mdf.eval_mode == mode) & (mdf.metric == metric)]
-                return sel.sort_values("seed").value.tolist()
-
-            beta = mdf.beta.iloc[0]
-            row = [
-                f"`{label}`",
-                f"{beta:g}" if beta > 0 else "—",
-                str(mdf.seed.nunique()),
-                _cell(vals("test", "predictor", "error")),
-                _cell(vals("test", "mean", "error")),
-                _cell(vals("val", "predictor", "error")),
-                _cell(vals("test", "predictor", "rate_bits"), scale=1.0, digits=1, suffix=""),
-                _cell(vals("train", "training", "seconds"), scale=1.0, digits=0, suffix=""),
-            ]
-            lines.append("| " + " | ".join(row) + " |")
+        rows = [_summary_row(label, mdf) for label, mdf in ddf.groupby("label", sort=False)]
+        lines += ["", f"## {dataset}", "", *markdown_table(SUMMARY_HEADER, rows)]
     return "\n".join(lines) + "\n"
+
+
+def tidy_metrics(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy with string conditions as str ("" where empty) and numbers as float (NaN where empty).
+
+    Works on a DataFrame straight from `write_metrics` (None, Int64) and on one read back from
+    the CSV (all-empty columns come back as float NaN).
+    """
+    df = df.copy()
+    for col in STRING_COLUMNS:
+        if col not in df.columns:
+            df[col] = ""
+        s = df[col].astype(object)
+        df[col] = s.where(s.notna(), "").astype(str)
+    for col in NUMERIC_COLUMNS:
+        if col not in df.columns:
+            df[col] = np.nan
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    return df.reset_index(drop=True)
+
+
+def clean_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The clean-evaluation and training rows: no attack, corruption, OOD set, calibration or bin."""
+    mask = np.ones(len(df), dtype=bool)
+    for col in CONDITIONS_BEYOND_CLEAN:
+        mask &= (df[col] == "").to_numpy()
+    mask &= df["bin"].isna().to_numpy() & df["severity"].isna().to_numpy()
+    return df[mask]
+
+
+def model_order(df: pd.DataFrame) -> list[str]:
+    """The model labels in the order they first appear in `df`."""
+    return list(pd.unique(df["label"]))

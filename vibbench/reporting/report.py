@@ -7,7 +7,7 @@ clean accuracy, adversarial robustness, calibration, OOD detection, distribution
 sweep, training. A section whose measurements are absent says so in one line.
 
 Data stay fractions; percent, rounding and "mean ± half-width of the 95% t-interval over seeds"
-appear only in the rendered Markdown (`results._cell`). A cell shows a plain value for one seed.
+appear only in the rendered Markdown (`metrics.format_cell`). A cell shows a plain value for one seed.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vibbench.reporting import figures as plots
 from vibbench.core.atomic import atomic_write_text
+from vibbench.evaluation.robustness import FLAGS
+from vibbench.reporting.figures import ATTACK_NAMES, FIGURES, MODE_NAMES, NORM_TITLES, SCORE_NAMES, save_figure
 from vibbench.reporting.markdown import markdown_table
-from vibbench.reporting.figures import ATTACK_NAMES, MODE_NAMES, SCORE_NAMES, clean_rows, model_order, tidy_metrics
-from vibbench.reporting.metrics import _cell, read_metrics, summary_markdown
+from vibbench.reporting.metrics import clean_rows, format_cell, model_order, read_metrics, summary_markdown, tidy_metrics
 
 SECTIONS = (
     "Clean accuracy",
@@ -35,8 +35,6 @@ SECTIONS = (
     "The β sweep",
     "Training",
 )
-FLAG_NAMES = ("nonmonotone", "large_eps", "blackbox_stronger", "zero_grad")
-NORM_TITLES = {"linf": "L∞", "l2": "L2"}
 SWEEP_EPS = (0.1, 0.3)
 
 
@@ -53,11 +51,11 @@ def _per_seed(sel: pd.DataFrame) -> list[float]:
 
 
 def _pct(sel: pd.DataFrame, digits: int = 2) -> str:
-    return _cell(_per_seed(sel), digits=digits)
+    return format_cell(_per_seed(sel), digits=digits)
 
 
 def _num(sel: pd.DataFrame, digits: int = 3) -> str:
-    return _cell(_per_seed(sel), scale=1.0, digits=digits, suffix="")
+    return format_cell(_per_seed(sel), scale=1.0, digits=digits, suffix="")
 
 
 def _seeds(sel: pd.DataFrame) -> str:
@@ -117,17 +115,21 @@ def _eval_section(config: dict) -> dict:
     return ev if isinstance(ev, dict) else {}
 
 
-def autoattack_label(config: dict) -> str | None:
+def _configured_autoattack_label(config: dict) -> str | None:
+    """The AutoAttack label config.json records (under eval, or under eval.attacks), None when absent."""
     ev = _eval_section(config)
     label = ev.get("autoattack_label") or _get(ev, "attacks", "autoattack_label")
     return str(label) if label else None
 
 
-def _provenance_lines(df: pd.DataFrame, config: dict, prov: dict, problems: list[str]) -> list[str]:
+def _run_id(df: pd.DataFrame, config: dict, prov: dict) -> str:
     run_ids = [r for r in pd.unique(df.run_id) if r] if "run_id" in df else []
-    run_id = _get(prov, "run_id") or _get(config, "run_id") or (", ".join(run_ids) if run_ids else "unknown")
-    lines = [f"# vibbench report: {run_id}", ""]
-    items: list[tuple[str, str]] = [("run id", f"`{run_id}`")]
+    return _get(prov, "run_id") or _get(config, "run_id") or (", ".join(run_ids) if run_ids else "unknown")
+
+
+def _machine_items(prov: dict) -> list[tuple[str, str]]:
+    """(key, value) items of where and when the run ran: date, git commit, device, torch, wall time."""
+    items = []
     if _get(prov, "created"):
         items.append(("date", str(prov["created"])))
     commit, dirty = _get(prov, "git", "commit"), _get(prov, "git", "dirty")
@@ -144,11 +146,18 @@ def _provenance_lines(df: pd.DataFrame, config: dict, prov: dict, problems: list
     wall = _get(prov, "wall_seconds")
     if isinstance(wall, (int, float)):
         items.append(("wall time", f"{wall:.0f} s ({wall / 60:.1f} min)"))
+    return items
+
+
+def _run_items(df: pd.DataFrame, config: dict, prov: dict) -> list[tuple[str, str]]:
+    """(key, value) items of what ran: profile, config hash, datasets, seeds, number of models."""
+    items = []
     profile = _get(prov, "profile") or _get(config, "profile")
     if profile:
         items.append(("profile", f"`{profile}`"))
-    if _get(prov, "config_hash") or _get(config, "config_hash"):
-        items.append(("config hash", f"`{str(_get(prov, 'config_hash') or _get(config, 'config_hash'))[:16]}`"))
+    config_hash = _get(prov, "config_hash") or _get(config, "config_hash")
+    if config_hash:
+        items.append(("config hash", f"`{str(config_hash)[:16]}`"))
     datasets = [d for d in pd.unique(df.dataset) if d]
     if datasets:
         source = _get(prov, "dataset", "source")
@@ -158,23 +167,37 @@ def _provenance_lines(df: pd.DataFrame, config: dict, prov: dict, problems: list
         items.append(("seeds", ", ".join(map(str, seeds))))
     if len(df):
         items.append(("models", str(len(model_order(df)))))
+    return items
+
+
+def _settings_items(config: dict) -> list[tuple[str, str]]:
+    """(key, value) items of the training and evaluation settings in config.json."""
+    items = []
     train = _get(config, "train")
     if isinstance(train, dict):
         keys = ("epochs", "batch_size", "lr", "max_train_examples", "max_eval_examples", "eval_samples")
         items.append(("training", ", ".join(f"{k}={_fmt_value(train[k])}" for k in keys if k in train)))
     ev = _eval_section(config)
-    if ev:
-        attacks = ev.get("attacks")
-        if isinstance(attacks, dict):
-            items.append(("attack settings", _fmt_value(attacks)))
-        elif "attacks" in ev and attacks is None:
-            items.append(("attack settings", "robustness not evaluated"))
-        rest = {k: v for k, v in ev.items() if k not in ("attacks", "autoattack_label")}
-        if rest:
-            items.append(("evaluation settings", _fmt_value(rest)))
-        if autoattack_label(config):
-            items.append(("AutoAttack", autoattack_label(config)))
-    lines += [f"- **{k}**: {v}" for k, v in items]
+    if not ev:
+        return items
+    attacks = ev.get("attacks")
+    if isinstance(attacks, dict):
+        items.append(("attack settings", _fmt_value(attacks)))
+    elif "attacks" in ev and attacks is None:
+        items.append(("attack settings", "robustness not evaluated"))
+    rest = {k: v for k, v in ev.items() if k not in ("attacks", "autoattack_label")}
+    if rest:
+        items.append(("evaluation settings", _fmt_value(rest)))
+    if _configured_autoattack_label(config):
+        items.append(("AutoAttack", _configured_autoattack_label(config)))
+    return items
+
+
+def _provenance_lines(df: pd.DataFrame, config: dict, prov: dict, problems: list[str]) -> list[str]:
+    """The report's header: its title, the run's provenance as a list, notes on unreadable files, how to read a cell."""
+    run_id = _run_id(df, config, prov)
+    items = [("run id", f"`{run_id}`"), *_machine_items(prov), *_run_items(df, config, prov), *_settings_items(config)]
+    lines = [f"# vibbench report: {run_id}", "", *(f"- **{k}**: {v}" for k, v in items)]
     if not prov and not config:
         lines.append("- no config.json or provenance.json next to metrics.csv: the provenance of these numbers is unknown")
     lines += [f"- note: {p}" for p in problems]
@@ -225,7 +248,7 @@ def _flags_by_model(d: pd.DataFrame) -> dict[str, str]:
     for label, g in checks.groupby("label", sort=False):
         seeds = g.seed.nunique()
         fired = []
-        for metric in [f"flag_{f}" for f in FLAG_NAMES] + sorted(set(g.metric) - {f"flag_{f}" for f in FLAG_NAMES}):
+        for metric in [f"flag_{f}" for f in FLAGS] + sorted(set(g.metric) - {f"flag_{f}" for f in FLAGS}):
             on = g[(g.metric == metric) & (g.value >= 0.5)]
             if not on.empty:
                 k = on.seed.nunique()
@@ -239,6 +262,17 @@ def _robustness_section(d: pd.DataFrame, ctx: dict, embed: Embed) -> list[str]:
     ra = rob[(rob.metric == "robust_accuracy") & rob.norm.isin(list(NORM_TITLES)) & rob.eps.notna()]
     if ra.empty:
         return _not_run("metrics.csv has no adversarial robustness rows (attack, norm, eps).")
+    labels = model_order(ra)
+    lines = _robustness_intro(rob, ctx["config"])
+    lines += _worst_case_tables(rob, ra, labels)
+    lines += _per_attack_tables(rob, ra, labels)
+    lines += _checks_table(rob, labels)
+    lines += ["", *embed("robust_accuracy", "Robust accuracy against ε (thick: worst case; thin: each attack at its strongest path)")]
+    return lines
+
+
+def _robustness_intro(rob: pd.DataFrame, config: dict) -> list[str]:
+    """What robust accuracy, ε, the worst case and the flags mean; which AutoAttack ran."""
     n_max = int(rob.n.max()) if rob.n.notna().any() else None
     subset = f"the first {n_max} test images" if n_max else "a test subset"
     lines = [
@@ -252,15 +286,20 @@ def _robustness_section(d: pd.DataFrame, ctx: dict, embed: Embed) -> list[str]:
         "zero_grad: over 1% of examples have an exactly zero input gradient); a fired flag means the number may overstate "
         "robustness.",
     ]
-    label = autoattack_label(ctx["config"])
+    label = _configured_autoattack_label(config)
     if label and (rob.attack == "autoattack").any():
         lines += ["", f"The `autoattack` rows are: {label}."]
     elif label:
         lines += ["", f"AutoAttack as configured: {label}."]
+    return lines
+
+
+def _worst_case_tables(rob: pd.DataFrame, ra: pd.DataFrame, labels: list[str]) -> list[str]:
+    """Per norm, the worst-case robust accuracy of each model at each ε, with its clean accuracy and fired flags."""
     flags = _flags_by_model(rob)
     clean = rob[(rob.attack == "clean") & (rob.metric == "robust_accuracy")]
     wc_all = ra[ra.attack == "worst_case"]
-    labels = model_order(ra)
+    lines = []
     for norm, title in NORM_TITLES.items():
         wc = wc_all[wc_all.norm == norm]
         if wc.empty:
@@ -282,34 +321,47 @@ def _robustness_section(d: pd.DataFrame, ctx: dict, embed: Embed) -> list[str]:
         lines += ["", "No worst-case rows: see the per-attack tables."]
         if flags:
             lines[-1] += " Gradient-masking flags: " + "; ".join(f"`{k}`: {v}" for k, v in flags.items()) + "."
+    return lines
+
+
+def _per_attack_tables(rob: pd.DataFrame, ra: pd.DataFrame, labels: list[str]) -> list[str]:
+    """Per norm, robust accuracy of each model, attack and gradient path at each ε (and the median L2 distance
+    of the successful minimal attacks where measured)."""
     dist = rob[rob.metric == "median_adv_distance"]
+    lines = []
     for norm, title in NORM_TITLES.items():
         single = ra[(ra.norm == norm) & (ra.attack != "worst_case")]
         if single.empty:
             continue
         eps_list = sorted(set(single.eps))
         attacks = [a for a in ATTACK_NAMES if a in set(single.attack)] + sorted(set(single.attack) - set(ATTACK_NAMES))
-        has_dist = not dist[dist.norm == norm].empty
-        rows = []
-        for lab in labels:
-            for attack in attacks:
-                for path in pd.unique(single.path[(single.label == lab) & (single.attack == attack)]):
-                    m = single[(single.label == lab) & (single.attack == attack) & (single.path == path)]
-                    row = [f"`{lab}`", attack, path or "—", str(int(m.n.max())) if m.n.notna().any() else "—"]
-                    row += [_pct(m[_close(m.eps, e)]) for e in eps_list]
-                    if has_dist:
-                        dd = dist[(dist.label == lab) & (dist.attack == attack) & (dist.path == path)]
-                        row.append(_num(dd, 3) if not dd.empty else "—")
-                    rows.append(row)
-        header = ["model", "attack", "path", "n"] + [_eps(e) for e in eps_list] + (["median ‖δ‖₂ of successes"] if has_dist else [])
+        norm_dist = dist if not dist[dist.norm == norm].empty else None
+        rows = [
+            _per_attack_row(single, norm_dist, lab, attack, path, eps_list)
+            for lab in labels
+            for attack in attacks
+            for path in pd.unique(single.path[(single.label == lab) & (single.attack == attack)])
+        ]
+        header = ["model", "attack", "path", "n"] + [_eps(e) for e in eps_list] + (["median ‖δ‖₂ of successes"] if norm_dist is not None else [])
         lines += ["", f"**Per attack and gradient path, {title} (robust accuracy, %)**", ""]
         lines += markdown_table(header, rows)
-    lines += _checksmarkdown_table(rob, labels)
-    lines += ["", *embed("robust_accuracy", "Robust accuracy against ε (thick: worst case; thin: each attack at its strongest path)")]
     return lines
 
 
-def _checksmarkdown_table(rob: pd.DataFrame, labels: list[str]) -> list[str]:
+def _per_attack_row(
+    single: pd.DataFrame, dist: pd.DataFrame | None, lab: str, attack: str, path: str, eps_list: list[float]
+) -> list[str]:
+    """One model, attack and path: n, robust accuracy per ε, and the median distance unless `dist` is None."""
+    m = single[(single.label == lab) & (single.attack == attack) & (single.path == path)]
+    row = [f"`{lab}`", attack, path or "—", str(int(m.n.max())) if m.n.notna().any() else "—"]
+    row += [_pct(m[_close(m.eps, e)]) for e in eps_list]
+    if dist is not None:
+        dd = dist[(dist.label == lab) & (dist.attack == attack) & (dist.path == path)]
+        row.append(_num(dd, 3) if not dd.empty else "—")
+    return row
+
+
+def _checks_table(rob: pd.DataFrame, labels: list[str]) -> list[str]:
     zero = rob[(rob.attack == "gradient") & (rob.metric == "zero_grad_fraction")]
     large = rob[rob.metric == "large_eps_accuracy"]
     if zero.empty and large.empty:
@@ -511,7 +563,7 @@ def _training_section(d: pd.DataFrame, ctx: dict, embed: Embed) -> list[str]:
         m = tr[tr.label == lab]
         row = [f"`{lab}`", _seeds(m), _num(m[m.metric == "seconds"], 1)]
         if isinstance(epochs, int) and epochs > 0:
-            row.append(_cell([v / epochs for v in _per_seed(m[m.metric == "seconds"])], scale=1.0, digits=2, suffix=""))
+            row.append(format_cell([v / epochs for v in _per_seed(m[m.metric == "seconds"])], scale=1.0, digits=2, suffix=""))
         row += [_num(m[m.metric == "examples_per_second"], 0), _num(m[m.metric == "loss"], 4), _num(m[m.metric == "ce"], 4), _num(m[m.metric == "kl"], 4)]
         rows.append(row)
     header = ["model", "seeds", "time (s)"] + (["time per epoch (s)"] if isinstance(epochs, int) and epochs > 0 else [])
@@ -551,7 +603,7 @@ def build_report(
     figures: dict[str, object] = {}
     for dataset in datasets if draw else []:
         d = df[df.dataset == dataset] if len(df) else df
-        for name, fn in plots.FIGURES.items():
+        for name, fn in FIGURES.items():
             figures[f"{name}_{_slug(dataset)}" if multi else name] = fn(d) if len(d) else None
 
     lines = _provenance_lines(df, config, prov, problems or [])
@@ -592,9 +644,9 @@ def write_report(run_dir: Path, df: pd.DataFrame | None = None) -> Path:
     drawn = set()
     for name, fig in figures.items():
         if fig is not None:
-            drawn.update(p.name for p in plots.save_figure(fig, folder, name))
+            drawn.update(p.name for p in save_figure(fig, folder, name))
     # figures of an earlier build whose data are gone now (or that were per dataset) must not linger
-    for base in plots.FIGURES:
+    for base in FIGURES:
         for pattern in (f"{base}.png", f"{base}.pdf", f"{base}_*.png", f"{base}_*.pdf"):
             for stale in folder.glob(pattern):
                 if stale.name not in drawn:
@@ -604,4 +656,4 @@ def write_report(run_dir: Path, df: pd.DataFrame | None = None) -> Path:
     return path
 
 
-__all__ = ["SECTIONS", "autoattack_label", "build_report", "write_report"]
+__all__ = ["SECTIONS", "build_report", "write_report"]

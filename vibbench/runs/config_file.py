@@ -28,11 +28,10 @@ import math
 import tomllib
 from pathlib import Path
 
+from vibbench.core.errors import VibbenchError, check_positive_int, describe_os_error, unknown_name_message
 from vibbench.runs.config import DEVICES, MAX_SEEDS, PROFILES, RunConfig, make_run_config, parse_model_specs
 from vibbench.training.config import TrainConfig
-from vibbench.core.errors import VibbenchError, describe_os_error
 from vibbench.training.precision import PRECISIONS
-from vibbench.core.errors import unknown_name_message
 
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("dataset", "epochs"))
 """Fields of the [train] table; dataset and epochs are top-level options, like on the command line."""
@@ -136,18 +135,17 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _positive_int(value, where, upper: int | None = None):
-    if not _is_int(value) or value < 1 or (upper is not None and value > upper):
-        allowed = f"a whole number from 1 to {upper}" if upper else "a positive whole number"
-        raise VibbenchError(f"{where} must be {allowed}, got {_show(value)}")
-    return value
+def _positive_int(value, where):
+    return check_positive_int(where, value)
 
 
 def _optional_positive_int(value, where):
-    if value is None:
-        return None
-    if not _is_int(value) or value < 1:
-        raise VibbenchError(f"{where} must be a positive whole number or null (all examples; JSON only), got {_show(value)}")
+    return check_positive_int(f"{where} (null: all examples; JSON only)", value, allow_none=True)
+
+
+def _seeds(value, where):
+    if not _is_int(value) or not 1 <= value <= MAX_SEEDS:
+        raise VibbenchError(f"{where} must be a whole number from 1 to {MAX_SEEDS}, got {_show(value)}")
     return value
 
 
@@ -236,7 +234,7 @@ def _dataset(value, where):
 _CHECKS = {
     "profile": _choice("profile", PROFILES),
     "models": _models,
-    "seeds": lambda value, where: _positive_int(value, where, MAX_SEEDS),
+    "seeds": _seeds,
     "dataset": _dataset,
     "device": _choice("device", DEVICES),
     "epochs": _positive_int,

@@ -1,7 +1,7 @@
 """Where the jobs of a sweep run: one after the other in this process (`local`, the default) or as
 Ray tasks on a cluster (`ray`, the optional extra `pip install 'vibbench[ray]'`).
 
-A unit of work is `runner.run_unit`: one training group (one model, or one population) and the
+A unit of work is `jobs.run_unit`: one training group (one model, or one population) and the
 evaluation of its members. Units share nothing but the cache folder, where every job has its own
 folder named by its config hash, locked while a process works on it and written atomically; so
 a unit can run in any process on any machine that sees the same cache folder, a killed unit
@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
-from vibbench.core.errors import VibbenchError
+from vibbench.core.errors import VibbenchError, check_positive_int, unknown_name_message
 from vibbench.core.progress import log
-from vibbench.core.errors import unknown_name_message
-from vibbench.runs.runner import Job, deterministic, job_data, job_dir, run_unit
+from vibbench.runs.cache import job_dir
+from vibbench.runs.config import RunConfig
+from vibbench.runs.jobs import Job, deterministic, job_data, run_unit
 
 EXECUTORS = ("local", "ray")
 DEFAULT_MAX_RETRIES = 2
@@ -35,6 +37,18 @@ MAX_RETRIES = 10  # retries are bounded: a job that fails this often has a probl
 RETRIED_EXCEPTIONS = (OSError, torch.cuda.OutOfMemoryError)
 
 
+class Executor(Protocol):
+    """Runs the units of a sweep (each a `run_unit`: one training group and the evaluation of its members)."""
+
+    def run_units(self, cfg: RunConfig, units: list[list[Job]], cache_dir: Path, data_dir: Path | None, trainer: str, dataset) -> dict:
+        """Run every unit; returns (result record, evaluation records) per job. `dataset` is the run's, already loaded."""
+        ...
+
+    def describe(self) -> dict:
+        """What ran the jobs, for provenance.json."""
+        ...
+
+
 def _labels(members: list[Job]) -> str:
     return ", ".join(f"{spec.label} seed {seed}" for spec, seed in members)
 
@@ -42,7 +56,7 @@ def _labels(members: list[Job]) -> str:
 class LocalExecutor:
     """The units one after the other in this process, on data loaded once (needs no Ray)."""
 
-    def run_units(self, cfg, units: list[list[Job]], cache_dir: Path, data_dir: Path | None, trainer: str, dataset) -> dict:
+    def run_units(self, cfg: RunConfig, units: list[list[Job]], cache_dir: Path, data_dir: Path | None, trainer: str, dataset) -> dict:
         """Run every unit; returns (result record, evaluation records) per job."""
         if not units:
             return {}
@@ -64,8 +78,7 @@ class RayExecutor:
     def __init__(self, device: str, address: str | None = None, cpus_per_job: int | None = None, gpus_per_job: float | None = None, max_retries: int | None = None):
         if address is not None and not address.strip():
             raise VibbenchError("--ray-address must not be empty: give HOST:PORT, auto, or leave it out")
-        if cpus_per_job is not None and (not isinstance(cpus_per_job, int) or cpus_per_job < 1):
-            raise VibbenchError(f"--ray-cpus-per-job must be a positive integer, got {cpus_per_job!r}")
+        check_positive_int("--ray-cpus-per-job", cpus_per_job, allow_none=True)
         if gpus_per_job is not None and device != "cuda":
             raise VibbenchError("--ray-gpus-per-job only applies with --device cuda")
         if gpus_per_job is not None and not 0 < gpus_per_job <= 1:
@@ -90,7 +103,7 @@ class RayExecutor:
             "max_retries": self.max_retries,
         }
 
-    def run_units(self, cfg, units: list[list[Job]], cache_dir: Path, data_dir: Path | None, trainer: str, dataset) -> dict:
+    def run_units(self, cfg: RunConfig, units: list[list[Job]], cache_dir: Path, data_dir: Path | None, trainer: str, dataset) -> dict:
         """Submit every unit as a task and gather the results; a unit that still fails after its retries
         is reported, the others finish, then a VibbenchError names the failed ones."""
         if not units:
@@ -230,7 +243,7 @@ def import_ray():
 def make_executor(
     name: str = "local", *, device: str = "cpu", address: str | None = None, cpus_per_job: int | None = None,
     gpus_per_job: float | None = None, max_retries: int | None = None,
-):
+) -> Executor:
     """The executor named on the command line; Ray options (None: not given) only go with `ray`."""
     if name not in EXECUTORS:
         raise VibbenchError(unknown_name_message("executor", name, EXECUTORS))

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from vibbench.core.atomic import atomic_write_bytes, sha256_bytes
+from vibbench.core.atomic import atomic_write_bytes
+from vibbench.core.hashing import sha256_bytes
 from vibbench.core.errors import VibbenchError
 
 FORMAT = "vibbench-checkpoint-1"

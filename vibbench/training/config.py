@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from vibbench.core.errors import VibbenchError, unknown_name_message
+from vibbench.core.errors import VibbenchError, check_positive_int, unknown_name_message
 from vibbench.data.datasets import DATASETS
 from vibbench.training.precision import check_precision
 
@@ -38,15 +38,10 @@ class TrainConfig:
 
         if self.dataset not in DATASETS:
             raise VibbenchError(unknown_name_message("dataset", self.dataset, DATASETS))
-        positive_ints = ("epochs", "batch_size", "lr_decay_every", "train_samples", "eval_samples", "eval_batch_size")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise VibbenchError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("epochs", "batch_size", "lr_decay_every", "train_samples", "eval_samples", "eval_batch_size"):
+            check_positive_int(name, getattr(self, name))
         for name in ("max_train_examples", "max_eval_examples"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise VibbenchError(f"{name} must be a positive integer or null, got {value!r}")
+            check_positive_int(name, getattr(self, name), allow_none=True)
         ranges = {"lr": (lambda v: 0 < v < 1, "(0, 1)"), "lr_decay": (lambda v: 0 < v <= 1, "(0, 1]"), "ema_decay": (lambda v: 0 <= v < 1, "[0, 1)")}
         for name, (ok, allowed) in ranges.items():
             value = getattr(self, name)

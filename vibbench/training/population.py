@@ -1,39 +1,40 @@
 """Population training: many models of one architecture trained at once, as one vectorized step.
 
 The members' parameters are stacked (torch.func.stack_module_state) and one training step is
-vmapped over the population with independent randomness per member (randomness="different"):
-every member sees the same batch (identical settings by construction) and carries its own
-method hyperparameters (beta, dropout rate, label smoothing, confidence penalty) as tensors.
+vmapped over the population: every member sees the same batch (identical settings by
+construction), carries its own method hyperparameters (beta, dropout rate, label smoothing,
+confidence penalty) as tensors and gets its noise as an input, drawn from its own generator.
 Adam, the learning-rate schedule and the weight EMA are elementwise, so applying them to the
 stacked parameters is exactly applying them to each member. The per-step overhead (Python,
 kernel launches, small matrix products) is paid once for the whole population.
 
 Members must share the seed (hence the batch order) and the parameter shapes; `population_key`
-groups a run's jobs accordingly. What differs from training the members one by one is only the
-noise stream (each member's samples of z and dropout masks come from the batched generator)
-and floating-point summation order in batched matrix products.
+groups a run's jobs accordingly. Each member draws the samples of z and dropout masks that
+`train_model` would draw for it (`vibbench.training.noise`), so what differs from training the
+members one by one is only the floating-point summation order in batched matrix products.
+The checkpoint's own entries are the stacked parameters ("params"), the members' noise
+generators ("noise_rng") and histories ("histories").
 """
 
 from __future__ import annotations
 
 import copy
-import time
+from functools import partial
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from vibbench.core.errors import VibbenchError
+from vibbench.core.progress import log
 from vibbench.models.backbones import Dropout
-from vibbench.training.checkpoints import load_checkpoint, save_checkpoint
 from vibbench.models.classifier import Classifier
 from vibbench.training.config import TrainConfig
-from vibbench.core.errors import VibbenchError
-from vibbench.training.loop import ema_update
+from vibbench.training.loop import Checkpointing, LoopState, TrainResult, resume, run_epochs
 from vibbench.training.losses import training_loss
 from vibbench.training.noise import ModelNoise
 from vibbench.training.precision import autocast
-from vibbench.core.progress import bar, log
-from vibbench.training.single import TrainResult, batch_order, diverged, epoch_record, lr_at, make_optimizer, order_generator
 
 LOSS_HYPERPARAMETERS = ("beta", "label_smoothing", "confidence_penalty")
 
@@ -57,6 +58,45 @@ class _MemberStep(nn.Module):
         return torch.stack([t.loss, t.ce, t.kl])
 
 
+class _PopulationStep:
+    """The members stacked into one set of (M, ...) parameters, and one vmapped training step of all of them."""
+
+    def __init__(self, models: list[Classifier], images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, noises: list[ModelNoise]):
+        member_steps = [_MemberStep(model, cfg.train_samples) for model in models]
+        for mod in member_steps:
+            mod.train()
+        params, self.buffers = stack_module_state(member_steps)
+        base = copy.deepcopy(member_steps[0]).to("meta")
+        for layer in base.modules():
+            if isinstance(layer, Dropout):
+                layer.max_rate = max(m.method.dropout for m in models)
+        base.train()
+        self.hp = {k: torch.tensor([getattr(m.method, k) for m in models], dtype=torch.float32, device=images.device) for k in LOSS_HYPERPARAMETERS}
+        self.names = list(params)
+        self.leaves = [params[n] for n in self.names]
+        self.dropout_names = [n for n, layer in base.named_modules() if isinstance(layer, Dropout) and layer.max_rate > 0]
+        self.images, self.labels, self.cfg, self.noises = images, labels, cfg, noises
+
+        def member(p, b, eps, beta, ls, cp, x, y):
+            return functional_call(base, (p, b), (x, y, eps, beta, ls, cp))
+
+        # all randomness arrives as inputs (eps, dropout uniforms), so vmap itself draws nothing
+        eps_dim = 0 if models[0].stochastic else None
+        self.vmapped = vmap(member, in_dims=(0, 0, eps_dim, 0, 0, 0, None, None), randomness="error")
+
+    def __call__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The summed members' losses on batch `idx` (their parameters are disjoint: each gets its own
+        gradient) and the (M, 3) loss, ce, kl."""
+        eps, masks = _draw(self.noises, self.cfg, self.dropout_names, self.images.device)
+        step_buffers = self.buffers | {f"{n}.noise": u for n, u in zip(self.dropout_names, masks)}
+        hp = self.hp
+        with autocast(self.images.device, self.cfg.precision):
+            terms = self.vmapped(
+                dict(zip(self.names, self.leaves)), step_buffers, eps, hp["beta"], hp["label_smoothing"], hp["confidence_penalty"], self.images[idx], self.labels[idx]
+            )
+        return terms[:, 0].sum(), terms
+
+
 def train_population(
     models: list[Classifier],
     images: torch.Tensor,
@@ -66,7 +106,7 @@ def train_population(
     seed: int,
     labels_of_members: list[str],
     noise_keys: list[str] | None = None,
-    checkpoint_path=None,
+    checkpoint_path: Path | None = None,
     config_hash: str = "",
 ) -> list[TrainResult]:
     """Train `models` (same architecture, same seed) together; on return each holds its EMA weights.
@@ -75,106 +115,38 @@ def train_population(
         raise VibbenchError("a population needs models of one architecture; group them with population_key()")
     if images.shape[0] < cfg.batch_size:
         raise VibbenchError(f"{images.shape[0]} training images is fewer than one batch of {cfg.batch_size}")
-    m = len(models)
-    steps_mods = [_MemberStep(model, cfg.train_samples) for model in models]
-    for mod in steps_mods:
-        mod.train()
-    params, buffers = stack_module_state(steps_mods)
-    base = copy.deepcopy(steps_mods[0]).to("meta")
-    for layer in base.modules():
-        if isinstance(layer, Dropout):
-            layer.max_rate = max(mm.method.dropout for mm in models)
-    base.train()
-    hp = {k: torch.tensor([getattr(mm.method, k) for mm in models], dtype=torch.float32, device=images.device) for k in LOSS_HYPERPARAMETERS}
-    names = list(params)
-    leaves = [params[n] for n in names]
-    opt = make_optimizer(leaves, cfg)
-    ema = [p.detach().clone() for p in leaves]
-    gen = order_generator(seed)
-    noises = [ModelNoise(mm, seed, key, images.device) for mm, key in zip(models, noise_keys or [mm.name for mm in models])]
-    dropout_names = [n for n, layer in base.named_modules() if isinstance(layer, Dropout) and layer.max_rate > 0]
-    stochastic = models[0].stochastic
-    results = [TrainResult() for _ in models]
-    start_epoch = 0
-    if checkpoint_path is not None and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, config_hash, map_location=images.device)
-        with torch.no_grad():
-            for p, saved in zip(leaves, state["params"]):
-                p.copy_(saved)
-            for e, saved in zip(ema, state["ema"]):
-                e.copy_(saved)
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["order_rng"])
-        for noise, saved in zip(noises, state["noise_rng"]):
-            noise.set_state(saved)
-        results = [TrainResult(h, state["seconds"], state["epoch"]) for h in state["histories"]]
-        start_epoch = state["epoch"]
-        log(f"population of {m}: resuming after epoch {start_epoch}")
-
-    def member(p, b, eps, beta, ls, cp, x, y):
-        return functional_call(base, (p, b), (x, y, eps, beta, ls, cp))
-
-    # all randomness arrives as inputs (eps, dropout uniforms), so vmap itself draws nothing
-    step_fn = vmap(member, in_dims=(0, 0, 0 if stochastic else None, 0, 0, 0, None, None), randomness="error")
-    steps_per_epoch = images.shape[0] // cfg.batch_size
-    step = start_epoch * steps_per_epoch
-    progress = bar(cfg.epochs * steps_per_epoch, f"population of {m}", initial=step)
-    bad = torch.full((m,), -1, dtype=torch.long, device=images.device)
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, epoch)
-            t0 = time.perf_counter()
-            sums = torch.zeros(m, 3, device=images.device)
-            for i, idx in enumerate(batch_order(images.shape[0], cfg.batch_size, gen)):
-                idx = idx.to(images.device, non_blocking=True)
-                eps, masks = _draw(noises, cfg, dropout_names, images.device)
-                step_buffers = buffers | {f"{n}.noise": u for n, u in zip(dropout_names, masks)}
-                with autocast(images.device, cfg.precision):
-                    terms = step_fn(
-                        dict(zip(names, leaves)), step_buffers, eps, hp["beta"], hp["label_smoothing"], hp["confidence_penalty"], images[idx], labels[idx]
-                    )
-                opt.zero_grad(set_to_none=True)
-                terms[:, 0].sum().backward()  # members' parameters are disjoint: each gets its own gradient
-                opt.step()
-                ema_update(ema, leaves, step, cfg.ema_decay)
-                with torch.no_grad():
-                    sums += terms.detach()
-                    bad = torch.where((bad < 0) & ~torch.isfinite(terms[:, 0].detach()), step, bad)
-                step += 1
-                if i % 50 == 0 or i == steps_per_epoch - 1:
-                    _raise_if_member_diverged(bad, steps_per_epoch, labels_of_members)
-                progress.update(1)
-            if images.is_cuda:
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
-            mean = (sums / steps_per_epoch).tolist()
-            for r, means in zip(results, mean):
-                r.history.append(epoch_record(cfg, epoch, means, seconds, steps_per_epoch))  # examples/s per member
-                r.seconds += seconds
-            if checkpoint_path is not None:
-                save_checkpoint(
-                    checkpoint_path,
-                    {
-                        "epoch": epoch + 1,
-                        "params": [p.detach() for p in leaves],
-                        "ema": ema,
-                        "optimizer": opt.state_dict(),
-                        "order_rng": gen.get_state(),
-                        "noise_rng": [noise.get_state() for noise in noises],
-                        "histories": [r.history for r in results],
-                        "seconds": results[0].seconds,
-                    },
-                    config_hash,
-                )
-    finally:
-        progress.close()
+    noises = [ModelNoise(m, seed, key, images.device) for m, key in zip(models, noise_keys or [m.name for m in models])]
+    step = _PopulationStep(models, images, labels, cfg, noises)
+    state = LoopState.start(step.leaves, cfg, seed, members=len(models))
+    checkpoint = None
+    if checkpoint_path is not None:
+        checkpoint = Checkpointing(checkpoint_path, config_hash, partial(_entries, noises), partial(_restore, noises))
+    if resume(state, checkpoint, images.device):
+        log(f"population of {len(models)}: resuming after epoch {state.epoch}")
+    run_epochs(state, cfg, images, step, name=f"population of {len(models)}", labels=labels_of_members, checkpoint=checkpoint)
     with torch.no_grad():
         for i, model in enumerate(models):
-            for name, e in zip(names, ema):
+            for name, e in zip(step.names, state.ema):
                 model.get_parameter(name.removeprefix("model.")).copy_(e[i])
             model.eval()
-    return results
+    return state.results
+
+
+def _entries(noises: list[ModelNoise], state: LoopState) -> dict:
+    return {
+        "params": [p.detach() for p in state.params],
+        "noise_rng": [noise.get_state() for noise in noises],
+        "histories": [r.history for r in state.results],
+    }
+
+
+def _restore(noises: list[ModelNoise], state: LoopState, saved: dict) -> list[list[dict]]:
+    with torch.no_grad():
+        for p, s in zip(state.params, saved["params"]):
+            p.copy_(s)
+    for noise, s in zip(noises, saved["noise_rng"]):
+        noise.set_state(s)
+    return saved["histories"]
 
 
 def _draw(noises: list[ModelNoise], cfg: TrainConfig, dropout_names: list[str], device) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
@@ -188,9 +160,3 @@ def _draw(noises: list[ModelNoise], cfg: TrainConfig, dropout_names: list[str], 
         shape = next(u.shape for u in per_member if u is not None)
         masks.append(torch.stack([u if u is not None else torch.zeros(shape, device=device) for u in per_member]))
     return eps, masks
-
-
-def _raise_if_member_diverged(bad: torch.Tensor, steps_per_epoch: int, labels: list[str]) -> None:
-    for i, step in enumerate(bad.tolist()):
-        if step >= 0:
-            raise diverged(labels[i], step, steps_per_epoch)

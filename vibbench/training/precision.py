@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vibbench.core.errors import VibbenchError
-from vibbench.core.errors import unknown_name_message
+from vibbench.core.errors import VibbenchError, unknown_name_message
 
 PRECISIONS = ("fp32", "bf16")
 

@@ -1,0 +1,22 @@
+"""The 95% Student-t interval over seeds."""
+
+import math
+
+import pytest
+from scipy import stats
+
+from vibbench.reporting.stats import mean_ci95
+
+
+@pytest.mark.parametrize("values", [[0.1, 0.3], [1.0, 2.0, 4.0], [0.5, 0.5, 0.5, 0.52, 0.49]])
+def test_the_half_width_is_scipys_t_interval(values):
+    mean, half = mean_ci95(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=sum(values) / len(values), scale=stats.sem(values))
+    assert mean == pytest.approx((low + high) / 2) and half == pytest.approx((high - low) / 2)
+
+
+def test_one_value_has_no_interval_and_none_is_an_error():
+    mean, half = mean_ci95([0.25])
+    assert mean == 0.25 and math.isnan(half)
+    with pytest.raises(ValueError, match="at least one value"):
+        mean_ci95([])

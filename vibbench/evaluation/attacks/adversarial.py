@@ -1,0 +1,45 @@
+"""Running one attack: adversarial examples in chunks under a fixed noise seed, and the size of a perturbation."""
+
+from __future__ import annotations
+
+import torch
+
+from vibbench.core.errors import VibbenchError, unknown_name_message
+from vibbench.evaluation.attacks.registry import ATTACKS
+from vibbench.evaluation.attacks.target import AttackRequest, AttackTarget
+from vibbench.evaluation.inference import seeded_noise
+from vibbench.evaluation.settings import AttackSettings, check_eps
+from vibbench.models.classifier import Classifier
+
+
+def adversarial_examples(
+    model: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    name: str,
+    eps: float,
+    path: str,
+    s: AttackSettings,
+    seed: int = 0,
+    random_start: bool = True,
+    cw_c: float = 1.0,
+) -> torch.Tensor:
+    """Run one attack in chunks of `s.batch_size`; returns the adversarial images (same shape).
+    `random_start` applies to PGD, `cw_c` to CW."""
+    spec = ATTACKS.get(name)
+    if spec is None:
+        raise VibbenchError(unknown_name_message("attack", name, tuple(ATTACKS)))
+    if images.shape[0] == 0:
+        raise VibbenchError("the evaluation subset is empty: nothing to attack (check --attack-subset / max_eval_examples)")
+    check_eps(spec.norm, eps)
+    target = AttackTarget(model, path)
+    attack = spec.build(AttackRequest(target, eps, s, seed, getattr(model, "num_classes", 10), random_start, cw_c))
+    with seeded_noise(seed, images.device):
+        out = [attack(images[i : i + s.batch_size], labels[i : i + s.batch_size]).detach() for i in range(0, images.shape[0], s.batch_size)]
+    return torch.cat(out)
+
+
+def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per example: the L-infinity or L2 norm of `delta` (N, ...)."""
+    flat = delta.flatten(1)
+    return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)

@@ -139,9 +139,9 @@ def test_the_checks_catch_what_they_look_for():
     assert "vibbench.core.errors" in imported_modules(PACKAGE / "training" / "config.py")
 
 
-def _loaded_after(code: str) -> set[str]:
-    """The heavy libraries in sys.modules after running `code` in a fresh interpreter."""
-    probe = code + "\nimport sys\nprint('LOADED:', ' '.join(m for m in sys.modules if m.split('.')[0] in %r))" % (HEAVY,)
+def _loaded_after(code: str, libraries: tuple[str, ...] = HEAVY) -> set[str]:
+    """Which of `libraries` are in sys.modules after running `code` in a fresh interpreter."""
+    probe = code + "\nimport sys\nprint('LOADED:', ' '.join(m for m in sys.modules if m.split('.')[0] in %r))" % (libraries,)
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     last = proc.stdout.splitlines()[-1]
@@ -174,6 +174,16 @@ def test_light_paths_load_no_heavy_library(code):
     assert _loaded_after(code) == set()
 
 
+HELP = "from vibbench.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass"
+
+
+@pytest.mark.parametrize("code", [HELP, "from vibbench.cli import main; main(['list'])", "import vibbench; vibbench.list_models()"], ids=["help", "list", "list_models"])
+def test_help_and_the_registry_listing_load_no_torch(code):
+    """torch alone takes about 2 s to import on the 2-core machines: the command line's help and listing avoid it."""
+    assert _loaded_after(code, ("torch", "numpy")) == set()
+
+
 def test_the_probe_sees_a_heavy_import():
     """The probe above can fail: importing the report does load pandas."""
     assert "pandas" in _loaded_after("import vibbench.reporting.report")
+    assert _loaded_after("import vibbench; vibbench.create_model('mlp_vib')", ("torch",)) == {"torch"}

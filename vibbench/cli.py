@@ -177,16 +177,16 @@ def cmd_report(args) -> None:
 
 
 def cmd_list(args) -> None:
-    from vibbench.models.registry import create_model, list_models
+    from vibbench.models.registry import check_model, list_models
 
     names = list_models(args.patterns or None)
     if args.patterns and not names:
         raise VibbenchError(f"no model matches {' '.join(args.patterns)}; `vibbench list` shows them all")
     print(f"{'model':28} {'backbone':9} {'method':19} {'stochastic':10} hyperparameters")
     for name in names:
-        m = create_model(name)
-        hp = ", ".join(f"{k}={v:g}" for k, v in m.method.hyperparameters.items() if v)
-        print(f"{name:28} {m.backbone_name:9} {m.method.name:19} {str(m.stochastic):10} {hp or '-'}")
+        backbone, method, _ = check_model(name)  # what create_model would build, without building it (no torch)
+        hp = ", ".join(f"{k}={v:g}" for k, v in method.hyperparameters.items() if v)
+        print(f"{name:28} {backbone:9} {method.name:19} {str(method.stochastic):10} {hp or '-'}")
 
 
 def cmd_data(args) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vibbench.models.backbones import Backbone
+from vibbench.models.layers import Backbone
 from vibbench.models.head import kl_divergence, log_mean_softmax, reparameterize, std_from_preactivation
 from vibbench.models.methods import Method
 

@@ -8,12 +8,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import fnmatch
 
 from vibbench.models.backbones import BACKBONES
-from vibbench.models.classifier import Classifier
 from vibbench.core.errors import VibbenchError, unknown_name_message
 from vibbench.models.methods import HYPERPARAMETERS, METHODS, Method
+
+if TYPE_CHECKING:
+    from vibbench.models.classifier import Classifier
 
 ARCHITECTURE_OPTIONS = ("num_classes", "latent_dim", "eval_samples", "train_samples")
 
@@ -39,6 +43,8 @@ def create_model(name: str, **overrides) -> Classifier:
     """Build a registered model. Overrides that are None are dropped, so CLI defaults never
     override model defaults. Method overrides: beta, dropout, label_smoothing, confidence_penalty;
     architecture overrides: num_classes, latent_dim, eval_samples, train_samples."""
+    from vibbench.models.classifier import Classifier  # torch: only when a network is built
+
     backbone_name, method, arch = check_model(name, **overrides)
     backbone = BACKBONES[backbone_name](dropout=method.dropout)
     return Classifier(backbone, method, name=name, backbone_name=backbone_name, **arch)

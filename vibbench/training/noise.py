@@ -12,7 +12,7 @@ import hashlib
 
 import torch
 
-from vibbench.models.backbones import Dropout
+from vibbench.models.layers import Dropout
 from vibbench.models.classifier import Classifier
 
 

@@ -28,7 +28,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from vibbench.core.errors import VibbenchError
 from vibbench.core.progress import log
-from vibbench.models.backbones import Dropout
+from vibbench.models.layers import Dropout
 from vibbench.models.classifier import Classifier
 from vibbench.training.config import TrainConfig
 from vibbench.training.loop import Checkpointing, LoopState, TrainResult, resume, run_epochs

@@ -471,7 +471,7 @@ def _shift_section(d: pd.DataFrame, ctx: dict, embed: Embed) -> list[str]:
         f"Accuracy (%) and ECE (%, 15 equal-width bins unless configured otherwise) of the predictor on "
         f"{f'the first {n}' if n else 'the'} test images, corrupted by each of {len(corruptions)} corruptions "
         f"({', '.join(corruptions)}) at severity 1 (mild) to 5 (strong); the parameters per severity are in "
-        "`vibbench/corruptions.py`. Severity 0 is the clean test set. The main tables average over corruptions "
+        "`vibbench/data/corruptions.py`. Severity 0 is the clean test set. The main tables average over corruptions "
         "(per seed, then over seeds); the full table is below.",
     ]
     clean = clean_rows(d)

@@ -20,6 +20,9 @@ def test_a_cell_is_a_plain_value_for_one_seed_and_mean_with_interval_for_more():
     assert format_cell([0.01, 0.03]) == "2.00 ± 12.71%"  # t(0.975, 1) = 12.706, sd = 0.01414, n = 2
     assert format_cell([120.4, math.nan], scale=1.0, digits=0, suffix="") == "120"  # NaN is dropped
     assert format_cell([]) == format_cell([math.nan]) == "—"
+    # one seed's accuracy on n examples: the value and its Wilson interval (scipy: 28 of 200 -> [9.87%, 19.49%])
+    assert format_cell([0.14], digits=1, n=200) == "14.0 [9.9, 19.5]%"
+    assert format_cell([0.14, 0.16], digits=1, n=200).startswith("15.0 ± ")  # several seeds: the t-interval
 
 
 def test_timing_rows_go_to_timing_csv_and_come_back_on_read(tmp_path):

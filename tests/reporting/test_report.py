@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from vibbench.core.errors import VibbenchError
@@ -211,8 +212,8 @@ def test_cells_show_mean_and_ci_for_two_seeds_and_a_plain_value_for_one(full_run
 def test_robustness_tables_and_gradient_masking_flags(full_run):
     _, text = full_run
     rob = _section(text, 2)
-    assert "**Worst-case robust accuracy, L∞ (%)**" in rob and "**Worst-case robust accuracy, L2 (%)**" in rob
-    assert "| model | seeds | clean | ε=0.1 | ε=0.2 | ε=0.3 | flags |" in rob
+    assert "**Worst-case robust accuracy, L∞ (%, [95% interval])**" in rob and "**Worst-case robust accuracy, L2 (%, [95% interval])**" in rob
+    assert "| model | seeds | n | clean | n (clean) | ε=0.1 | ε=0.2 | ε=0.3 | flags |" in rob
     linf = rob[rob.index("**Worst-case robust accuracy, L∞") : rob.index("**Worst-case robust accuracy, L2")]
     rows = {line.split(" | ")[0][2:]: line for line in linf.splitlines() if line.startswith("| `")}
     assert rows["`mlp_deterministic`"].endswith("| ⚠ zero_grad |")
@@ -283,3 +284,19 @@ def test_the_report_loads_without_torchattacks():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["False"]
+
+
+def test_one_seed_cells_carry_the_wilson_interval_of_their_n(full_run):
+    """mlp_dropout has one seed: its worst-case cell is the accuracy and scipy's 95% Wilson interval for n = 1000."""
+    from scipy.stats import binomtest
+
+    run_dir, text = full_run
+    df = pd.read_csv(run_dir / "metrics.csv")
+    sel = df[(df.label == "mlp_dropout") & (df.attack == "worst_case") & (df.norm == "linf") & (df.eps.round(6) == 0.1)]
+    (value,), (n,) = sel.value.tolist(), sel.n.tolist()
+    ci = binomtest(round(value * n), int(n)).proportion_ci(method="wilson")
+    expected = f"{100 * value:.1f} [{100 * ci.low:.1f}, {100 * ci.high:.1f}]%"
+    linf = _section(text, 2).split("**Worst-case robust accuracy, L2")[0]
+    row = next(line for line in linf.splitlines() if line.startswith("| `mlp_dropout` |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == str(int(n)) and expected in cells

@@ -20,3 +20,21 @@ def test_one_value_has_no_interval_and_none_is_an_error():
     assert mean == 0.25 and math.isnan(half)
     with pytest.raises(ValueError, match="at least one value"):
         mean_ci95([])
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 10), (10, 10), (28, 200), (38, 200), (985, 1000), (1, 3), (500, 1000)])
+def test_the_wilson_interval_is_scipys(k, n):
+    from vibbench.reporting.stats import wilson_interval
+
+    reference = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    low, high = wilson_interval(k, n)
+    assert low == pytest.approx(reference.low, abs=1e-12) and high == pytest.approx(reference.high, abs=1e-12)
+    assert 0.0 <= low <= k / n <= high <= 1.0
+
+
+def test_the_wilson_interval_refuses_impossible_counts():
+    from vibbench.reporting.stats import wilson_interval
+
+    for k, n in [(1, 0), (-1, 5), (6, 5)]:
+        with pytest.raises(ValueError, match="successes"):
+            wilson_interval(k, n)

@@ -16,7 +16,7 @@ import pandas as pd
 from vibbench.core.atomic import atomic_write_text
 from vibbench.core.errors import VibbenchError
 from vibbench.reporting.markdown import markdown_table
-from vibbench.reporting.stats import mean_ci95
+from vibbench.reporting.stats import mean_ci95, wilson_interval
 
 ID_COLUMNS = ("run_id", "model", "label", "method", "backbone", "beta", "seed", "dataset")
 CONDITION_COLUMNS = ("split", "eval_mode", "attack", "path", "norm", "eps", "corruption", "severity", "ood", "score", "calibration", "bin", "n")
@@ -73,15 +73,19 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
-def format_cell(values: list[float], scale: float = 100.0, digits: int = 2, suffix: str = "%") -> str:
-    """A Markdown cell for one measurement over seeds: "mean ± half-width of the 95% t-interval" times `scale`,
-    the plain mean for one value, "—" for none (NaNs are dropped)."""
+def format_cell(values: list[float], scale: float = 100.0, digits: int = 2, suffix: str = "%", n: int | None = None) -> str:
+    """A Markdown cell for one measurement over seeds: "mean ± half-width of the 95% t-interval" times `scale`;
+    for one value the plain value, or with `n` (a proportion of n examples) the value and its 95% Wilson interval
+    "p [low, high]"; "—" for none (NaNs are dropped)."""
     values = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
     if not values:
         return "—"
     mean, half = mean_ci95(values)
     if math.isnan(half):
-        return f"{mean * scale:.{digits}f}{suffix}"
+        if n is None:
+            return f"{mean * scale:.{digits}f}{suffix}"
+        low, high = wilson_interval(round(mean * n), n)
+        return f"{mean * scale:.{digits}f} [{low * scale:.{digits}f}, {high * scale:.{digits}f}]{suffix}"
     return f"{mean * scale:.{digits}f} ± {half * scale:.{digits}f}{suffix}"
 
 

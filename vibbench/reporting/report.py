@@ -54,6 +54,19 @@ def _pct(sel: pd.DataFrame, digits: int = 2) -> str:
     return format_cell(_per_seed(sel), digits=digits)
 
 
+def _pct_n(sel: pd.DataFrame, digits: int = 1) -> str:
+    """An accuracy over n examples: with one seed the value and its 95% Wilson interval, with several the mean and
+    its t-interval over seeds."""
+    sizes = set(sel.n.dropna().astype(int)) if "n" in sel else set()
+    return format_cell(_per_seed(sel), digits=digits, n=sizes.pop() if len(sizes) == 1 else None)
+
+
+def _n(sel: pd.DataFrame) -> str:
+    """The number of examples behind `sel`'s rows ("a-b" when they differ)."""
+    sizes = sorted(set(sel.n.dropna().astype(int)))
+    return "—" if not sizes else str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+
+
 def _num(sel: pd.DataFrame, digits: int = 3) -> str:
     return format_cell(_per_seed(sel), scale=1.0, digits=digits, suffix="")
 
@@ -310,13 +323,14 @@ def _worst_case_tables(rob: pd.DataFrame, ra: pd.DataFrame, labels: list[str]) -
             m = wc[wc.label == lab]
             if m.empty:
                 continue
+            c = clean[clean.label == lab]
             rows.append(
-                [f"`{lab}`", _seeds(m), _pct(clean[clean.label == lab])]
-                + [_pct(m[_close(m.eps, e)]) for e in eps_list]
+                [f"`{lab}`", _seeds(m), _n(m), _pct_n(c), _n(c)]
+                + [_pct_n(m[_close(m.eps, e)]) for e in eps_list]
                 + [flags.get(lab, "—")]
             )
-        lines += ["", f"**Worst-case robust accuracy, {title} (%)**", ""]
-        lines += markdown_table(["model", "seeds", "clean"] + [_eps(e) for e in eps_list] + ["flags"], rows)
+        lines += ["", f"**Worst-case robust accuracy, {title} (%, [95% interval])**", ""]
+        lines += markdown_table(["model", "seeds", "n", "clean", "n (clean)"] + [_eps(e) for e in eps_list] + ["flags"], rows)
     if wc_all.empty:
         lines += ["", "No worst-case rows: see the per-attack tables."]
         if flags:
@@ -343,7 +357,7 @@ def _per_attack_tables(rob: pd.DataFrame, ra: pd.DataFrame, labels: list[str]) -
             for path in pd.unique(single.path[(single.label == lab) & (single.attack == attack)])
         ]
         header = ["model", "attack", "path", "n"] + [_eps(e) for e in eps_list] + (["median ‖δ‖₂ of successes"] if norm_dist is not None else [])
-        lines += ["", f"**Per attack and gradient path, {title} (robust accuracy, %)**", ""]
+        lines += ["", f"**Per attack and gradient path, {title} (robust accuracy, %, [95% interval])**", ""]
         lines += markdown_table(header, rows)
     return lines
 
@@ -353,8 +367,8 @@ def _per_attack_row(
 ) -> list[str]:
     """One model, attack and path: n, robust accuracy per ε, and the median distance unless `dist` is None."""
     m = single[(single.label == lab) & (single.attack == attack) & (single.path == path)]
-    row = [f"`{lab}`", attack, path or "—", str(int(m.n.max())) if m.n.notna().any() else "—"]
-    row += [_pct(m[_close(m.eps, e)]) for e in eps_list]
+    row = [f"`{lab}`", attack, path or "—", _n(m)]
+    row += [_pct_n(m[_close(m.eps, e)]) for e in eps_list]
     if dist is not None:
         dd = dist[(dist.label == lab) & (dist.attack == attack) & (dist.path == path)]
         row.append(_num(dd, 3) if not dd.empty else "—")

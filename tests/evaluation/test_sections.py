@@ -5,7 +5,7 @@ import math
 import pytest
 
 from vibbench.data.corruptions import CORRUPTIONS
-from vibbench.evaluation.settings import EvalConfig
+from vibbench.evaluation.settings import AttackSettings, EvalConfig
 from vibbench.evaluation.sections import calibration_records, noise_images, ood_records, shift_records
 from vibbench.core.errors import VibbenchError
 
@@ -47,9 +47,10 @@ def test_ood_records_include_the_rate_for_vib_only(trained_vib, trained_mlp, syn
 def test_shift_records_cover_every_corruption_and_severity(trained_mlp, synthetic):
     cfg = EvalConfig(severities=(1, 5), shift_subset=100)
     recs = shift_records(trained_mlp, synthetic.test, cfg, seed=0)
-    assert {(r["corruption"], r["severity"]) for r in recs} == {(c, s) for c in CORRUPTIONS for s in (1, 5)}
+    assert {(r["corruption"], r["severity"]) for r in recs} == {(c, s) for c in CORRUPTIONS for s in (1, 5)} | {("none", 0)}
     assert all(0 <= v <= 1 for v in values(recs, "accuracy"))
-    # on average over corruptions, severity 5 hurts more than severity 1
+    # on average over corruptions, severity 5 hurts more than severity 1, and the uncorrupted images least
+    assert values(recs, "accuracy", severity=0)[0] >= max(values(recs, "accuracy", severity=1)) - 0.05
     mean = lambda s: sum(values(recs, "accuracy", severity=s)) / len(CORRUPTIONS)
     assert mean(5) < mean(1)
 
@@ -61,3 +62,27 @@ def test_shift_records_cover_every_corruption_and_severity(trained_mlp, syntheti
 def test_bad_eval_config(kwargs, message):
     with pytest.raises(VibbenchError, match=message):
         EvalConfig(**kwargs)
+
+
+def test_robustness_and_shift_measure_the_runs_evaluation_set(synthetic, trained_mlp):
+    """The clean accuracies that robustness and shift record are the predictor's accuracy on exactly the images of
+    the evaluation set (recomputed here from the indices), and the worst case has a clean row of its own n."""
+    from vibbench.evaluation.inference import predict
+    from vibbench.evaluation.sections import robustness_records, shift_records
+    from vibbench.evaluation.subsets import evaluation_indices
+
+    test = synthetic.test
+    attacks = AttackSettings(attacks=("fgsm", "square"), linf_eps=(0.1,), l2_eps=(1.0,), expensive_eps=(0.1,), subset=40,
+                             expensive_subset=12, square_queries=5, batch_size=50)  # fmt: skip
+    cfg = EvalConfig(attacks=attacks, corruptions=("rotation",), severities=(1,), shift_subset=30, subset_seed=3)
+    idx = evaluation_indices(test.labels.numel(), 40, 3)
+    correct = predict(trained_mlp, test.images[idx], seed=0) == test.labels[idx]
+    rob = robustness_records(trained_mlp, test, cfg, seed=0)
+    clean = {r["n"]: r["value"] for r in rob if r["attack"] == "clean"}
+    assert clean == {40: float(correct.float().mean()), 12: float(correct[:12].float().mean())}
+    worst = [r for r in rob if r["attack"] == "worst_case"]
+    assert worst and all(r["n"] == 12 for r in worst)  # Square (expensive) ran on the first 12: so did the worst case
+    shift = shift_records(trained_mlp, test, cfg, seed=0)
+    zero = [r for r in shift if r["severity"] == 0 and r["metric"] == "accuracy"]
+    assert len(zero) == 1 and zero[0]["n"] == 30
+    assert zero[0]["value"] == pytest.approx(float((predict(trained_mlp, test.images[idx[:30]], seed=0) == test.labels[idx[:30]]).double().mean()))

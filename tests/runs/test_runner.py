@@ -191,6 +191,13 @@ def test_smoke_run_with_evaluation_then_eval_and_report_from_the_cache(dirs, cap
     assert "figures/robust_accuracy.png" in report and (out / "figures" / "robust_accuracy.png").stat().st_size > 0
     config = json.loads((out / "config.json").read_text())
     assert config["eval"]["attacks"]["subset"] == 30 and "AutoAttack" in config["eval"]["autoattack_label"]
+    # the evaluation set is recorded: its seed, sizes and indices, and every robustness row's n is one of its sizes
+    from vibbench.evaluation.subsets import evaluation_indices
+
+    chosen = json.loads((out / "evaluation_set.json").read_text())
+    assert chosen["seed"] == config["eval"]["subset_seed"] and chosen["sizes"]["robustness"] == 30
+    assert chosen["indices"] == evaluation_indices(chosen["test_size"], max(chosen["sizes"].values()), chosen["seed"]).tolist()
+    assert set(df[df.attack.notna() & (df.metric == "robust_accuracy")].n) <= {30, chosen["sizes"]["expensive_attacks"]}
 
     # `vibbench eval` trains nothing and evaluates nothing again: every section is cached
     import vibbench.runs.jobs as jobs

@@ -139,7 +139,8 @@ def large_eps_accuracy(run: AttackRun, path: str, m: int) -> dict[Key, float]:
 def evaluate_robustness(
     model: Classifier, images: torch.Tensor, labels: torch.Tensor, settings: AttackSettings, *, seed: int = 0, label: str = ""
 ) -> list[dict]:
-    """Attack `model` on the first `settings.subset` images; return measurement records."""
+    """Attack `model` on the first `settings.subset` of `images` (the caller passes the run's evaluation set, in
+    its random order; the expensive attacks take its first `expensive_subset`); return measurement records."""
     if images.shape[0] == 0 or settings.subset < 1:
         raise VibbenchError("the evaluation subset is empty: nothing to attack")
     n_all = min(settings.subset, images.shape[0])
@@ -184,7 +185,8 @@ def summary_records(
         records.append(_record(attack, path, norm, eps, n_exp, "large_eps_accuracy", value))
     for path, frac in zero_grad.items():
         records.append(_record("gradient", path, "", float("nan"), n_exp, "zero_grad_fraction", frac))
-    records.append(_record("clean", "all", "", 0.0, n_all, "robust_accuracy", float(correct.float().mean())))
+    for m in sorted({n_all} | set(sizes.values()), reverse=True):  # the clean accuracy of every image set measured
+        records.append(_record("clean", "all", "", 0.0, m, "robust_accuracy", float(correct[:m].float().mean())))
     flags = masking_flags(acc, sizes, large, zero_grad, num_classes)
     for flag, on in flags.items():
         records.append(_record("checks", "all", "", float("nan"), n_all, f"flag_{flag}", float(on)))

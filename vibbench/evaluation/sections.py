@@ -15,12 +15,17 @@ import torch.nn.functional as F
 
 from vibbench.data.corruptions import corrupt
 from vibbench.data.datasets import Split
-from vibbench.evaluation.calibration import calibration_metrics, fit_temperature, reliability_bins
+from vibbench.evaluation.calibration import (
+    calibration_metrics,
+    fit_temperature,
+    reliability_bins,
+)
 from vibbench.evaluation.clean import EVAL_MODES
 from vibbench.evaluation.inference import predictions
 from vibbench.evaluation.ood import entropy_score, msp_score, ood_metrics, roc_curve
 from vibbench.evaluation.robustness import evaluate_robustness
-from vibbench.evaluation.settings import AttackSettings, EvalConfig
+from vibbench.evaluation.settings import EvalConfig
+from vibbench.evaluation.subsets import evaluation_indices
 from vibbench.models.classifier import Classifier
 
 OOD_PAIRS = {"mnist": "fashion-mnist", "fashion-mnist": "mnist", "synthetic": "noise"}
@@ -78,8 +83,11 @@ def ood_records(model, test, ood_images: torch.Tensor, ood_name: str, seed: int)
 
 
 def shift_records(model, test, cfg: EvalConfig, seed: int) -> list[dict]:
-    records = []
-    x, y = test.images[: cfg.shift_subset], test.labels[: cfg.shift_subset].cpu()
+    """Accuracy, ECE and NLL of the predictor on the run's shift set (`shift_subset` images of the evaluation set)
+    under each corruption and severity, and at severity 0 (the same images, clean)."""
+    idx = evaluation_indices(test.labels.numel(), cfg.shift_subset, cfg.subset_seed).to(test.images.device)
+    x, y = test.images[idx], test.labels[idx].cpu()
+    records = _clean_shift_records(model, x, y, cfg, seed)  # severity 0: the same images, uncorrupted
     for name in cfg.corruptions:
         for severity in cfg.severities:
             logp, _ = predictions(model, corrupt(x, name, severity, seed=seed), "predictor", seed=seed)
@@ -89,8 +97,18 @@ def shift_records(model, test, cfg: EvalConfig, seed: int) -> list[dict]:
     return records
 
 
-def robustness_records(model, test, settings: AttackSettings, seed: int, label: str = "") -> list[dict]:
-    return [{"split": "test", "eval_mode": "predictor"} | r for r in evaluate_robustness(model, test.images, test.labels, settings, seed=seed, label=label)]
+def _clean_shift_records(model, x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig, seed: int) -> list[dict]:
+    logp, _ = predictions(model, x, "predictor", seed=seed)
+    m = calibration_metrics(logp, y, 1.0, cfg.calibration_bins)
+    base = {"split": "test", "eval_mode": "predictor", "corruption": "none", "severity": 0, "n": int(y.numel())}
+    return [base | {"metric": k, "value": m[k]} for k in ("accuracy", "ece", "nll")]
+
+
+def robustness_records(model, test, cfg: EvalConfig, seed: int, label: str = "") -> list[dict]:
+    """The attacks of `cfg.attacks` on the run's robustness set (`subset` images of the evaluation set)."""
+    idx = evaluation_indices(test.labels.numel(), cfg.attacks.subset, cfg.subset_seed).to(test.images.device)
+    records = evaluate_robustness(model, test.images[idx], test.labels[idx], cfg.attacks, seed=seed, label=label)
+    return [{"split": "test", "eval_mode": "predictor"} | r for r in records]
 
 
 @dataclass(frozen=True)
@@ -111,7 +129,7 @@ SECTIONS: dict[str, Section] = {
     "calibration": lambda model, d: calibration_records(model, d.val, d.test, d.cfg, d.seed),
     "ood": lambda model, d: ood_records(model, d.test, d.ood[1], d.ood[0], d.seed),
     "shift": lambda model, d: shift_records(model, d.test, d.cfg, d.seed),
-    "robustness": lambda model, d: robustness_records(model, d.test, d.cfg.attacks, d.seed, d.label),
+    "robustness": lambda model, d: robustness_records(model, d.test, d.cfg, d.seed, d.label),
 }
 """Every section the harness measures, in the order their records are written: the runner runs them, the report
 renders them."""

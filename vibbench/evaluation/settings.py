@@ -23,8 +23,8 @@ class AttackSettings:
     l2_eps: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
     expensive_eps: tuple[float, ...] = (0.1, 0.3)  # L-inf budgets for the expensive attacks that take a budget
     large_eps: tuple[tuple[str, float], ...] = (("linf", 0.9), ("l2", 20.0))  # sanity check: accuracy ~ chance
-    subset: int = 1000  # the first N test images (as the paper does)
-    expensive_subset: int = 1000  # the first N for the expensive attacks
+    subset: int = 1000  # N test images of the run's evaluation set (a random draw, EvalConfig.subset_seed)
+    expensive_subset: int = 1000  # the first N of those for the expensive attacks (and for the worst case over them)
     pgd_steps: int = 40
     eot_iter: int = 10  # forward passes averaged per gradient on the EOT path
     cw_steps: int = 100
@@ -91,7 +91,8 @@ class EvalConfig:
     ood: bool = True
     corruptions: tuple[str, ...] = tuple(CORRUPTIONS)
     severities: tuple[int, ...] = SEVERITIES
-    shift_subset: int = 10_000  # the first N test images are corrupted
+    shift_subset: int = 10_000  # N test images of the run's evaluation set are corrupted
+    subset_seed: int = 0  # draws the run's evaluation set (evaluation/subsets.py), one for every model and seed
 
     def __post_init__(self):
         for name in self.corruptions:
@@ -102,6 +103,8 @@ class EvalConfig:
                 raise VibbenchError(f"severity {s!r} is not one of {SEVERITIES}")
         if not isinstance(self.shift_subset, int) or self.shift_subset < 1:
             raise VibbenchError(f"shift_subset must be a positive integer, got {self.shift_subset!r}")
+        if isinstance(self.subset_seed, bool) or not isinstance(self.subset_seed, int) or self.subset_seed < 0:
+            raise VibbenchError(f"subset_seed must be a whole number >= 0, got {self.subset_seed!r}")
         if not isinstance(self.calibration_bins, int) or self.calibration_bins < 1:
             raise VibbenchError(f"calibration_bins must be a positive integer, got {self.calibration_bins!r}")
 

@@ -154,10 +154,16 @@ def _robust_frame(df: pd.DataFrame) -> pd.DataFrame:
     # each attack at its strongest gradient path (lowest accuracy) per seed and budget
     per = rob.groupby(["label", "seed", "attack", "norm", "eps"], as_index=False)["value"].min()
     clean = df[(df.attack == "clean") & (df.metric == "robust_accuracy")]
+    worst = rob[rob.attack == "worst_case"]
     extra = []
     for norm in per.norm.unique():
-        for r in clean.itertuples():
-            extra.append({"label": r.label, "seed": r.seed, "attack": "worst_case", "norm": norm, "eps": 0.0, "value": r.value})
+        for (label, seed), rows in clean.groupby(["label", "seed"], sort=False):
+            # the worst case starts at the clean accuracy of its own images (runs before the shared evaluation set
+            # recorded one clean accuracy, on all the images)
+            sizes = set(worst.n[(worst.label == label) & (worst.seed == seed) & (worst.norm == norm)])
+            same = rows[rows.n.isin(sizes)]
+            for r in (same if not same.empty else rows).itertuples():
+                extra.append({"label": label, "seed": seed, "attack": "worst_case", "norm": norm, "eps": 0.0, "value": r.value})
     if extra:
         per = pd.concat([per, pd.DataFrame(extra)], ignore_index=True)
         per = per.drop_duplicates(["label", "seed", "attack", "norm", "eps"], keep="first")

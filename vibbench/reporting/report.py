@@ -67,6 +67,17 @@ def _n(sel: pd.DataFrame) -> str:
     return "—" if not sizes else str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
 
 
+def _image_set(n: int | None, config: dict) -> str:
+    """Which test images a section measured: a random draw of the run (its seed in config.json), or, for runs made
+    before the evaluation set was drawn at random, the first n."""
+    seed = _get(config, "eval", "subset_seed")
+    if n is None:
+        return "a test subset"
+    if seed is None:
+        return f"the first {n} test images"
+    return f"{n} test images drawn at random (evaluation set seed {seed}; the indices are in evaluation_set.json)"
+
+
 def _num(sel: pd.DataFrame, digits: int = 3) -> str:
     return format_cell(_per_seed(sel), scale=1.0, digits=digits, suffix="")
 
@@ -287,7 +298,7 @@ def _robustness_section(d: pd.DataFrame, ctx: dict, embed: Embed) -> list[str]:
 def _robustness_intro(rob: pd.DataFrame, config: dict) -> list[str]:
     """What robust accuracy, ε, the worst case and the flags mean; which AutoAttack ran."""
     n_max = int(rob.n.max()) if rob.n.notna().any() else None
-    subset = f"the first {n_max} test images" if n_max else "a test subset"
+    subset = _image_set(n_max, config)
     lines = [
         f"Robust accuracy in %: the fraction of {subset} that the model's own predictor classifies correctly on the "
         "adversarial example (a clean mistake never counts as robust). ε is the attack budget: L∞ in pixel scale [0, 1] "
@@ -324,6 +335,8 @@ def _worst_case_tables(rob: pd.DataFrame, ra: pd.DataFrame, labels: list[str]) -
             if m.empty:
                 continue
             c = clean[clean.label == lab]
+            if c.n.isin(set(m.n)).any():  # the clean accuracy of the worst case's own images
+                c = c[c.n.isin(set(m.n))]
             rows.append(
                 [f"`{lab}`", _seeds(m), _n(m), _pct_n(c), _n(c)]
                 + [_pct_n(m[_close(m.eps, e)]) for e in eps_list]
@@ -475,22 +488,28 @@ def _ood_section(d: pd.DataFrame, ctx: dict, embed: Embed) -> list[str]:
 
 
 def _shift_section(d: pd.DataFrame, ctx: dict, embed: Embed) -> list[str]:
-    sh = d[(d.corruption != "") & d.severity.notna() & d.metric.isin(["accuracy", "ece", "nll"])]
+    shift_rows = d[(d.corruption != "") & d.severity.notna() & d.metric.isin(["accuracy", "ece", "nll"])]
+    sh, uncorrupted = shift_rows[shift_rows.corruption != "none"], shift_rows[shift_rows.corruption == "none"]
     if sh.empty:
         return _not_run("metrics.csv has no distribution-shift (corruption) rows.")
     n = int(sh.n.max()) if sh.n.notna().any() else None
     severities = sorted(int(s) for s in set(sh.severity))
     corruptions = list(pd.unique(sh.corruption))
+    images = _image_set(n, ctx["config"])
+    clean_is = "the same images uncorrupted" if not uncorrupted.empty else "the clean test set"
     lines = [
         f"Accuracy (%) and ECE (%, 15 equal-width bins unless configured otherwise) of the predictor on "
-        f"{f'the first {n}' if n else 'the'} test images, corrupted by each of {len(corruptions)} corruptions "
+        f"{images}, corrupted by each of {len(corruptions)} corruptions "
         f"({', '.join(corruptions)}) at severity 1 (mild) to 5 (strong); the parameters per severity are in "
-        "`vibbench/data/corruptions.py`. Severity 0 is the clean test set. The main tables average over corruptions "
+        f"`vibbench/data/corruptions.py`. The clean column is {clean_is}. The main tables average over corruptions "
         "(per seed, then over seeds); the full table is below.",
     ]
-    clean = clean_rows(d)
-    clean_acc = clean[(clean.split == "test") & (clean.eval_mode == "predictor") & (clean.metric == "accuracy")]
-    clean_ece = d[(d.calibration == "none") & (d.eval_mode == "predictor") & (d.metric == "ece") & d.bin.isna()]
+    if not uncorrupted.empty:
+        clean_acc, clean_ece = uncorrupted[uncorrupted.metric == "accuracy"], uncorrupted[uncorrupted.metric == "ece"]
+    else:  # runs before the shift set had its own severity-0 rows
+        clean = clean_rows(d)
+        clean_acc = clean[(clean.split == "test") & (clean.eval_mode == "predictor") & (clean.metric == "accuracy")]
+        clean_ece = d[(d.calibration == "none") & (d.eval_mode == "predictor") & (d.metric == "ece") & d.bin.isna()]
     labels = model_order(sh)
     for metric, title, clean_sel in (("accuracy", "Accuracy", clean_acc), ("ece", "ECE", clean_ece)):
         md = sh[sh.metric == metric]

@@ -11,21 +11,27 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from vibbench.core.atomic import atomic_write_text, remove_stale_temps
+from vibbench.core.atomic import atomic_write_text, remove_stale_temps, write_json
 from vibbench.core.errors import VibbenchError
 from vibbench.core.locks import folder_lock
 from vibbench.core.paths import default_cache_dir
 from vibbench.core.progress import log
 from vibbench.data.datasets import Dataset, load_dataset
 from vibbench.evaluation.settings import autoattack_label
-from vibbench.core.atomic import write_json
+from vibbench.evaluation.subsets import evaluation_set_record
 from vibbench.reporting.metrics import summary_markdown, write_metrics
 from vibbench.reporting.report import write_report
 from vibbench.runs.cache import cached_evaluation, cached_result, check_writable
 from vibbench.runs.config import RunConfig
 from vibbench.runs.config_file import options_of
 from vibbench.runs.executors import Executor, LocalExecutor
-from vibbench.runs.jobs import Job, deterministic, metric_rows, resolve_trainer, training_groups
+from vibbench.runs.jobs import (
+    Job,
+    deterministic,
+    metric_rows,
+    resolve_trainer,
+    training_groups,
+)
 from vibbench.runs.provenance import git_state, provenance
 
 
@@ -86,7 +92,7 @@ def _run_jobs(cfg, cache_dir, data_dir, retrain, train, trainer, executor, datas
 
 
 def _write_outputs(cfg: RunConfig, out_dir: Path, dataset: Dataset, results: dict, trainer: str, executor: Executor, started: float, git_at_start: dict) -> None:
-    """metrics.csv, config.json, options.json, summary.md, provenance.json and the report, in this order."""
+    """metrics.csv, config.json, evaluation_set.json, options.json, summary.md, provenance.json and the report, in this order."""
     rows = []
     for seed in cfg.seeds:
         for spec in cfg.models:
@@ -96,6 +102,9 @@ def _write_outputs(cfg: RunConfig, out_dir: Path, dataset: Dataset, results: dic
     if cfg.eval is not None and cfg.eval.attacks is not None:
         config["eval"]["autoattack_label"] = autoattack_label(cfg.eval.attacks)
     write_json(out_dir / "config.json", config)
+    if cfg.eval is not None:  # which test images the sections measured, to check or reuse them
+        n_test = len(dataset.test.labels[: cfg.train.max_eval_examples])
+        write_json(out_dir / "evaluation_set.json", evaluation_set_record(n_test, cfg.eval))
     options = options_of(cfg)
     write_json(out_dir / "options.json", options)  # `vibbench run --config DIR/options.json` reruns this config
     atomic_write_text(out_dir / "summary.md", summary_markdown(df, title=f"vibbench run {cfg.run_id}"))

@@ -5,6 +5,7 @@ import math
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,8 +13,8 @@ import pytest
 
 from vibbench.core.errors import VibbenchError
 from vibbench.reporting.figures import FIGURES
-from vibbench.reporting.report import SECTIONS, build_report, write_report
 from vibbench.reporting.metrics import format_cell, read_metrics, write_metrics
+from vibbench.reporting.report import SECTIONS, build_report, write_report
 
 # label -> (registry model, method, beta, seeds)
 MODELS = {
@@ -300,3 +301,27 @@ def test_one_seed_cells_carry_the_wilson_interval_of_their_n(full_run):
     row = next(line for line in linf.splitlines() if line.startswith("| `mlp_dropout` |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2] == str(int(n)) and expected in cells
+
+
+def test_every_evaluation_section_has_its_place_in_the_report():
+    """The runner measures the sections of evaluation.sections.SECTIONS; the report renders each under the same name."""
+    from vibbench.evaluation.sections import SECTIONS as EVALUATION_SECTIONS
+    from vibbench.reporting.report import REPORT_SECTIONS, unrendered_sections
+
+    assert unrendered_sections() == []
+    assert set(EVALUATION_SECTIONS) <= set(REPORT_SECTIONS)
+    assert list(REPORT_SECTIONS)[0] == "clean" and len(SECTIONS) == len(REPORT_SECTIONS)
+
+
+COMMITTED = sorted(p.parent for p in (Path(__file__).resolve().parents[2] / "results").glob("*/report.md") if (p.parent / "metrics.csv").exists())
+
+
+@pytest.mark.parametrize("run_dir", COMMITTED, ids=lambda p: p.name)
+def test_committed_reports_are_what_vibbench_report_writes_today(run_dir, tmp_path):
+    """A results folder's report.md is `vibbench report` of its metrics.csv: rebuilt by the current code, byte for
+    byte. A change to the report's wording or tables shows up here, and is committed with the folders re-rendered."""
+    import shutil
+
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    assert write_report(copy).read_bytes() == (run_dir / "report.md").read_bytes()

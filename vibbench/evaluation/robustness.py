@@ -26,7 +26,7 @@ from vibbench.core.progress import log
 from vibbench.evaluation.attacks.adversarial import adversarial_examples, perturbation_norm
 from vibbench.evaluation.attacks.registry import ATTACKS, AttackSpec
 from vibbench.evaluation.attacks.target import input_gradients, paths_for
-from vibbench.evaluation.inference import eval_mode, predict
+from vibbench.evaluation.inference import eval_mode, predict, seeded_noise
 from vibbench.evaluation.settings import AttackSettings
 from vibbench.models.classifier import Classifier
 
@@ -153,7 +153,8 @@ def evaluate_robustness(
     with eval_mode(model):
         run = AttackRun(model, x, y, settings, seed, correct=predict(model, x, seed=seed) == y)
         for path in paths_for(model):
-            grads = input_gradients(model, x[:n_exp], y[:n_exp], path)
+            with seeded_noise(seed, x.device):  # the EOT path samples: its gradient is reproducible only when seeded
+                grads = input_gradients(model, x[:n_exp], y[:n_exp], path)
             zero_grad[path] = float((grads.flatten(1).abs().amax(1) == 0).float().mean())
             for attack in settings.attacks:
                 spec = ATTACKS[attack]

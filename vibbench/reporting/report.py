@@ -26,15 +26,6 @@ from vibbench.reporting.figures import ATTACK_NAMES, FIGURES, MODE_NAMES, NORM_T
 from vibbench.reporting.markdown import markdown_table
 from vibbench.reporting.metrics import clean_rows, format_cell, model_order, read_metrics, summary_markdown, tidy_metrics
 
-SECTIONS = (
-    "Clean accuracy",
-    "Adversarial robustness",
-    "Calibration",
-    "Out-of-distribution detection",
-    "Distribution shift",
-    "The β sweep",
-    "Training",
-)
 SWEEP_EPS = (0.1, 0.3)
 
 
@@ -607,15 +598,28 @@ def _training_section(d: pd.DataFrame, ctx: dict, embed: Embed) -> list[str]:
     return lines
 
 
-SECTION_BUILDERS = (
-    _clean_section,
-    _robustness_section,
-    _calibration_section,
-    _ood_section,
-    _shift_section,
-    _sweep_section,
-    _training_section,
-)
+REPORT_SECTIONS: dict[str, tuple[str, Callable]] = {
+    "clean": ("Clean accuracy", _clean_section),
+    "robustness": ("Adversarial robustness", _robustness_section),
+    "calibration": ("Calibration", _calibration_section),
+    "ood": ("Out-of-distribution detection", _ood_section),
+    "shift": ("Distribution shift", _shift_section),
+    "sweep": ("The β sweep", _sweep_section),
+    "training": ("Training", _training_section),
+}
+"""Every section of the report, by name, in the report's order: (title, builder of its Markdown lines). Each
+evaluation section of `vibbench.evaluation.sections.SECTIONS` has its entry under the same name; clean, sweep and
+training are drawn from the run's clean and training rows."""
+
+SECTIONS = tuple(title for title, _ in REPORT_SECTIONS.values())
+"""The sections' titles, numbered in this order in report.md."""
+
+
+def unrendered_sections() -> list[str]:
+    """Evaluation sections the runner measures that the report has no entry for (none: checked by the tests)."""
+    from vibbench.evaluation.sections import SECTIONS as EVALUATION_SECTIONS
+
+    return sorted(set(EVALUATION_SECTIONS) - set(REPORT_SECTIONS))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -641,7 +645,7 @@ def build_report(
 
     lines = _provenance_lines(df, config, prov, problems or [])
     ctx = {"config": config, "prov": prov}
-    for number, (title, builder) in enumerate(zip(SECTIONS, SECTION_BUILDERS), start=1):
+    for number, (title, builder) in enumerate(REPORT_SECTIONS.values(), start=1):
         lines += ["", f"## {number}. {title}"]
         for dataset in datasets:
             d = df[df.dataset == dataset] if len(df) else df
@@ -689,4 +693,4 @@ def write_report(run_dir: Path, df: pd.DataFrame | None = None) -> Path:
     return path
 
 
-__all__ = ["SECTIONS", "build_report", "write_report"]
+__all__ = ["REPORT_SECTIONS", "SECTIONS", "build_report", "unrendered_sections", "write_report"]

@@ -48,10 +48,12 @@ def test_tidy_fills_missing_columns_and_clean_rows_drop_every_other_condition():
 
 def test_summary_has_a_table_per_dataset_with_mean_over_seeds():
     rows = [row(seed=s, value=v, split="test", eval_mode="predictor", dataset=d) for d in ("mnist", "fashion-mnist") for s, v in ((0, 0.01), (1, 0.03))]
-    rows.append(row(label="mlp_deterministic", beta=0.0, value=0.02, split="test", eval_mode="predictor"))
+    rows.append(row(label="mlp_deterministic", beta=None, method="deterministic", value=0.02, split="test", eval_mode="predictor"))
+    rows.append(row(label="mlp_vib:beta=0", beta=0.0, value=0.05, split="test", eval_mode="predictor"))
     text = summary_markdown(tidy_metrics(pd.DataFrame(rows)), title="t")
     assert text.startswith("# t\n") and text.count("| model | beta | seeds | test error |") == 2
     mnist = text[text.index("## mnist") : text.index("## fashion-mnist")]
     assert f"| `mlp_vib` | 0.001 | 2 | {format_cell([0.01, 0.03])} | — | — | — | — |" in mnist
-    assert "| `mlp_deterministic` | — | 1 | 2.00% |" in mnist
+    assert "| `mlp_deterministic` | — | 1 | 2.00% |" in mnist  # not a VIB: no beta
+    assert "| `mlp_vib:beta=0` | 0 | 1 | 5.00% |" in mnist  # a VIB at beta 0 is not the same thing
     assert "mlp_deterministic" not in text[text.index("## fashion-mnist") :]

@@ -198,6 +198,8 @@ def test_smoke_run_with_evaluation_then_eval_and_report_from_the_cache(dirs, cap
     assert chosen["seed"] == config["eval"]["subset_seed"] and chosen["sizes"]["robustness"] == 30
     assert chosen["indices"] == evaluation_indices(chosen["test_size"], max(chosen["sizes"].values()), chosen["seed"]).tolist()
     assert set(df[df.attack.notna() & (df.metric == "robust_accuracy")].n) <= {30, chosen["sizes"]["expensive_attacks"]}
+    # beta is a VIB's: empty for the other methods, never a 0 that reads like a VIB at beta 0
+    assert df[df.method != "vib"].beta.isna().all() and (df[df.method == "vib"].beta > 0).all()
 
     # `vibbench eval` trains nothing and evaluates nothing again: every section is cached
     import vibbench.runs.jobs as jobs

@@ -102,7 +102,7 @@ def _summary_row(label: str, mdf: pd.DataFrame) -> list[str]:
     beta = mdf.beta.iloc[0]
     return [
         f"`{label}`",
-        f"{beta:g}" if beta > 0 else "—",
+        f"{beta:g}" if mdf.method.iloc[0] == "vib" and not math.isnan(beta) else "—",
         str(mdf.seed.nunique()),
         format_cell(vals("test", "predictor", "error")),
         format_cell(vals("test", "mean", "error")),

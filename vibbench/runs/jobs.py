@@ -297,7 +297,7 @@ def metric_rows(cfg: RunConfig, spec: ModelSpec, record: dict, eval_records: lis
         "label": spec.label,
         "method": model["method"],
         "backbone": model["backbone"],
-        "beta": model["beta"],
+        "beta": model["beta"] if model["method"] == "vib" else None,  # empty: not a VIB, unlike a VIB at beta 0
         "seed": record["seed"],
         "dataset": cfg.train.dataset,
     }

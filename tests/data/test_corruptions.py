@@ -59,8 +59,8 @@ def images() -> torch.Tensor:
 
 
 def test_tables_are_consistent():
-    assert SEVERITIES == (1, 2, 3, 4, 5)
-    assert len(CORRUPTIONS) >= 9
+    """The tables agree: the same corruptions everywhere, parameters for every severity, names that are their keys."""
+    assert SEVERITIES == tuple(range(1, len(SEVERITIES) + 1))  # 1..max: 0 is the clean images
     for required in ("rotation", "shot_noise", "impulse_noise", "gaussian_blur", "translation", "scale",
                      "brightness", "contrast", "motion_blur", "shear"):
         assert required in CORRUPTIONS
@@ -68,6 +68,21 @@ def test_tables_are_consistent():
     for name, (description, values) in PARAMETERS.items():
         assert description and len(values) == len(SEVERITIES), name
     assert RANDOMIZED <= set(CORRUPTIONS)
+    assert all(callable(fn) for fn in CORRUPTIONS.values())
+    # the module's documented table: the same corruptions, in the same order, with the same values
+    import re
+
+    lines = C.__doc__.splitlines()
+    rules = [i for i, line in enumerate(lines) if line.startswith("=====") and "  =====" in line]
+    assert len(rules) == 3, "the module docstring's table of corruptions is missing"
+    value_column = lines[rules[0]].rindex(" =") + 1
+    rows = [line for line in lines[rules[1] + 1 : rules[2]] if line.strip()]
+    assert [row.split()[0] for row in rows] == list(CORRUPTIONS)
+    for row in rows:
+        name = row.split()[0]
+        documented = [float(v) for v in re.findall(r"\d*\.?\d+", row[value_column:])]
+        flat = [float(v) for value in PARAMETERS[name][1] for v in (value if isinstance(value, tuple) else (value,))]
+        assert documented == flat, name
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -5,17 +5,19 @@ own library (tl.randn, tl.sum) for one mode when it is first imported, and in a 
 run triton is imported before this file (conftest imports torchvision, which imports triton),
 so the interpreter cannot be switched on here. Then the `interpreter` tests below skip in this
 process and `test_interpreted_in_a_subprocess` runs this file again in a fresh Python with
-TRITON_INTERPRET=1 set from the start (`TRITON_INTERPRET=1 pytest tests/test_fused_head.py`
-runs them directly). Shapes are small: the interpreter runs every program in Python.
+TRITON_INTERPRET=1 set from the start (`TRITON_INTERPRET=1 pytest tests/models/test_fused_head.py`
+runs them directly), and fails unless every interpreter test passed there. Shapes are small: the interpreter runs every program in Python.
 The `gpu` test runs the compiled kernels on CUDA when there is a device.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -97,13 +99,37 @@ def test_step_seeds_differ_and_repeat():
     assert seeds[10] == fh.step_seed(7, 10) != fh.step_seed(8, 10)
 
 
-def test_cpu_without_the_interpreter_is_a_clear_error():
-    if _CPU_OK:
-        pytest.skip("the interpreter runs in this process")
-    assert not fh.available("cpu")
-    with pytest.raises(VibbenchError, match="fused VIB head cannot run"):
+_CPU_NEEDS_INTERPRETER = "the fused head runs on the CPU only under Triton's interpreter: set TRITON_INTERPRET=1"
+
+
+def _clear_error(why: str) -> str:
+    return f"the fused VIB head cannot run: {why}. Use the eager head (vibbench.models.head) instead."
+
+
+def test_cpu_without_the_interpreter_is_a_clear_error(monkeypatch):
+    """A CPU call where the interpreter is off raises VibbenchError naming the cause, the fix and the eager head."""
+    if fh._triton() is None:
+        pytest.skip("triton cannot be imported: test_import_never_needs_triton covers this case")
+    if not _CPU_OK:  # this very process: triton was imported without the interpreter
+        why = fh.why_unavailable("cpu")
+        assert why is not None and not fh.available("cpu")
+        with pytest.raises(VibbenchError) as info:
+            fh.fused_vib_head(torch.zeros(2, 4), 1, 0)
+        assert str(info.value) == _clear_error(why)
+    # the interpreter off (in any process, this one under TRITON_INTERPRET=1 included)
+    monkeypatch.setattr(fh, "_interpret_mode", lambda: False)
+    assert fh.why_unavailable("cpu") == _CPU_NEEDS_INTERPRETER and not fh.available("cpu")
+    with pytest.raises(VibbenchError) as info:
         fh.fused_vib_head(torch.zeros(2, 4), 1, 0)
-    assert not fh.available("meta")
+    assert str(info.value) == _clear_error(_CPU_NEEDS_INTERPRETER)
+    with pytest.raises(VibbenchError, match="TRITON_INTERPRET=1"):
+        fh.fused_vib_head_eps(torch.zeros(2, 4), 1, 0)
+    # the interpreter switched on after triton.language was built compiled (or the reverse)
+    monkeypatch.setattr(fh, "_interpret_mode", lambda: True)
+    monkeypatch.setattr(fh, "_lang_interpreted", lambda: False)
+    with pytest.raises(VibbenchError, match="set or unset TRITON_INTERPRET before anything imports triton"):
+        fh.fused_vib_head(torch.zeros(2, 4), 1, 0)
+    assert not fh.available("meta") and "not on 'meta'" in fh.why_unavailable("meta")
 
 
 def test_import_never_needs_triton(monkeypatch):
@@ -119,17 +145,32 @@ def test_import_never_needs_triton(monkeypatch):
 
 
 @pytest.mark.skipif(_IN_SUBPROCESS or _CPU_OK, reason="the interpreter runs in this process")
-def test_interpreted_in_a_subprocess():
+def test_interpreted_in_a_subprocess(tmp_path):
     """Run this file under TRITON_INTERPRET=1 in a fresh Python, where the interpreter tests can run."""
     if not _TRITON_INSTALLED:
         pytest.skip("triton is not installed")
     env = dict(os.environ, TRITON_INTERPRET="1", **{_SUBPROCESS_FLAG: "1"})
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(Path(__file__).resolve())]
+    env.pop("PYTEST_ADDOPTS", None)  # the whole file runs there, whatever selects tests here
+    report = tmp_path / "interpreted.xml"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={report}",
+           str(Path(__file__).resolve())]
     proc = subprocess.run(cmd, cwd=_ROOT, env=env, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} (TRITON_INTERPRET=1) failed:\n{out[-8000:]}"
-    if " passed" not in out.splitlines()[-1]:
-        pytest.skip(f"nothing ran under the interpreter:\n{out[-2000:]}")
+    assert report.exists(), f"no report from the interpreted run:\n{out[-4000:]}"
+    # every test that needs the interpreter ran and passed there: none skipped, none missing
+    outcome: dict[str, list[str]] = {}
+    for case in ET.parse(report).getroot().iter("testcase"):
+        kinds = [child.tag for child in case if child.tag in ("skipped", "failure", "error")]
+        outcome.setdefault(case.get("name").partition("[")[0], []).append(kinds[0] if kinds else "passed")
+    needs_interpreter = sorted(
+        name for name, fn in globals().items()
+        if name.startswith("test_") and callable(fn) and "interpreter" in inspect.signature(fn).parameters
+    )
+    assert needs_interpreter, "no test uses the interpreter fixture"
+    not_passed = {name: outcome.get(name, ["not collected"]) for name in needs_interpreter
+                  if not outcome.get(name) or set(outcome[name]) != {"passed"}}
+    assert not not_passed, f"interpreter tests that did not pass under TRITON_INTERPRET=1: {not_passed}\n{out[-4000:]}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -103,4 +103,25 @@ def test_mean_mode_is_deterministic_and_sampling_is_not():
 
 
 def test_public_api():
-    assert callable(vibbench.kl_divergence) and callable(vibbench.list_models) and callable(vibbench.create_model)
+    """vibbench re-exports exactly these names, each the very object its module defines; nothing else."""
+    import vibbench.core.errors
+    import vibbench.models.classifier
+    import vibbench.models.head
+    import vibbench.models.registry
+
+    defined_in = {
+        "Classifier": vibbench.models.classifier,
+        "ForwardDetails": vibbench.models.classifier,
+        "VibbenchError": vibbench.core.errors,
+        "create_model": vibbench.models.registry,
+        "kl_divergence": vibbench.models.head,
+        "list_models": vibbench.models.registry,
+        "reparameterize": vibbench.models.head,
+    }
+    assert sorted(vibbench.__all__) == sorted(defined_in)
+    for name, module in defined_in.items():
+        assert getattr(vibbench, name) is getattr(module, name), name
+    assert VibbenchError is vibbench.core.errors.VibbenchError and create_model is vibbench.models.registry.create_model
+    with pytest.raises(AttributeError, match="no_such_name"):
+        vibbench.no_such_name
+    assert not hasattr(vibbench, "fused_vib_head")

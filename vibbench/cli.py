@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vibbench.core.errors import VibbenchError, check_positive_int, describe_os_error
+from vibbench.core.errors import VibbenchError, check_positive_int, describe_os_error, unknown_name_message
 
 
 def _positive_int(text: str) -> int:
@@ -181,7 +181,8 @@ def cmd_list(args) -> None:
 
     names = list_models(args.patterns or None)
     if args.patterns and not names:
-        raise VibbenchError(f"no model matches {' '.join(args.patterns)}; `vibbench list` shows them all")
+        shown = " ".join(args.patterns)  # every pattern matched nothing; the message lists all models
+        raise VibbenchError(unknown_name_message("model or pattern", shown, list_models()))
     print(f"{'model':28} {'backbone':9} {'method':19} {'stochastic':10} hyperparameters")
     for name in names:
         backbone, method, _ = check_model(name)  # what create_model would build, without building it (no torch)

@@ -28,3 +28,50 @@ def test_positive_integers_pass_and_everything_else_is_named():
             check_positive_int("epochs", bad)
     with pytest.raises(VibbenchError, match="positive integer or null"):
         check_positive_int("epochs", 0, allow_none=True)
+
+
+def _positive_int_fields():
+    """field name -> a builder taking the field's value, for integer fields checked by check_positive_int
+    (called inside the tests, so that collecting this file does not import torch)."""
+    import torch
+
+    from vibbench.bench.cases import _check as bench_check
+    from vibbench.evaluation.calibration import ece
+    from vibbench.evaluation.settings import AttackSettings, EvalConfig
+    from vibbench.models.head import reparameterize
+    from vibbench.models.registry import create_model
+    from vibbench.training.config import TrainConfig
+
+    zeros = torch.zeros(1, 2)
+    return {
+        "attack setting subset": lambda v: AttackSettings(subset=v),
+        "attack setting batch_size": lambda v: AttackSettings(batch_size=v),
+        "shift_subset": lambda v: EvalConfig(shift_subset=v),
+        "calibration_bins": lambda v: EvalConfig(calibration_bins=v),
+        "epochs": lambda v: TrainConfig(epochs=v),
+        "latent_dim": lambda v: create_model("mlp_vib", latent_dim=v),
+        "eval_samples": lambda v: create_model("mlp_vib", eval_samples=v),
+        "n_bins": lambda v: ece(zeros.log_softmax(1), torch.zeros(1, dtype=torch.long), n_bins=v),
+        "num_samples": lambda v: reparameterize(zeros, zeros, v),
+        "batch": lambda v: bench_check("forward", "eager", torch.device("cpu"), v, 1, False),
+    }
+
+
+POSITIVE_INT_FIELDS = [
+    "attack setting subset", "attack setting batch_size", "shift_subset", "calibration_bins", "epochs",
+    "latent_dim", "eval_samples", "n_bins", "num_samples", "batch",
+]
+
+
+def test_the_field_list_is_the_builders_list():
+    assert POSITIVE_INT_FIELDS == list(_positive_int_fields())
+
+
+@pytest.mark.parametrize("field", POSITIVE_INT_FIELDS)
+@pytest.mark.parametrize("value", [True, 0])
+def test_positive_integer_fields_refuse_booleans_in_one_wording(field, value):
+    build = _positive_int_fields()[field]
+    with pytest.raises(VibbenchError, match=rf"^{field} must be a positive integer, got {value!r}$"):
+        build(value)
+    with pytest.raises(ValueError):  # a user's mistake is a ValueError to library callers too
+        build(value)

@@ -395,11 +395,13 @@ def test_dotted_line_only_adds_white_dots(images):
 
 
 def test_unknown_name_suggests_the_closest():
-    with pytest.raises(VibbenchError, match=r"Did you mean 'rotation'\?.*Valid names: rotation, translation"):
+    with pytest.raises(VibbenchError, match=r"^unknown corruption 'rotate'\. Did you mean rotation\b.*\? Known: rotation, translation"):
         corrupt(_strokes(2), "rotate", 1)
-    with pytest.raises(VibbenchError, match="Unknown corruption 'zzz'"):
+    with pytest.raises(VibbenchError, match=r"^unknown corruption 'zzz'\. Known: "):
         corrupt(_strokes(2), "zzz", 1)
-    with pytest.raises(VibbenchError, match="Did you mean 'shot_noise'"):
+    with pytest.raises(VibbenchError, match="^unknown corruption None"):
+        corrupt(_strokes(2), None, 1)
+    with pytest.raises(VibbenchError, match="Did you mean shot_noise"):
         corrupt(_strokes(2), "Shot-Noise", 1)
 
 

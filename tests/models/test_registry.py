@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-import vibbench
 from vibbench import VibbenchError, create_model, list_models
 from vibbench.models.head import log_mean_softmax
 
@@ -30,7 +29,8 @@ def test_unknown_model_names_the_closest_match():
         ("mlp_vib", {"beta": float("nan")}, "beta must be >= 0"),
         ("mlp_deterministic", {"beta": 1e-3}, "only applies to VIB"),
         ("mlp_dropout", {"dropout": 1.0}, "dropout must be in"),
-        ("mlp_vib", {"gamma": 1.0}, "unknown option"),
+        ("mlp_vib", {"gamma": 1.0}, r"^unknown option for model 'mlp_vib' 'gamma'\. Known: beta, .*, train_samples\.$"),
+        ("mlp_vib", {"latnt_dim": 8}, r"Did you mean latent_dim\?"),
     ],
 )
 def test_bad_overrides_are_refused(name, overrides, match):

@@ -41,7 +41,7 @@ import torch
 
 from vibbench.bench.roofline import head_bytes, head_flops, model_flops
 from vibbench.bench.timing import synchronized, warm_up
-from vibbench.core.errors import VibbenchError
+from vibbench.core.errors import VibbenchError, check_positive_int, unknown_name_message
 from vibbench.training.precision import autocast, check_precision
 
 BENCHMARKS = ("forward", "loss", "train_step", "eval")
@@ -103,7 +103,7 @@ def unavailable_reason(implementation: str, device: torch.device | str, *, allow
     for timing unless `allow_interpreter` (the tests use it to exercise the wiring)."""
     device = torch.device(device)
     if implementation not in IMPLEMENTATIONS:
-        raise VibbenchError(f"unknown implementation {implementation!r}; choose from {', '.join(IMPLEMENTATIONS)}")
+        raise VibbenchError(unknown_name_message("implementation", implementation, IMPLEMENTATIONS))
     if implementation != "fused":
         return None
     from vibbench.models import fused_head
@@ -117,9 +117,9 @@ def unavailable_reason(implementation: str, device: torch.device | str, *, allow
 
 def _check(benchmark: str, implementation: str, device: torch.device, batch: int, n_samples: int, allow_interpreter: bool) -> None:
     if benchmark not in BENCHMARKS + (HEAD_BENCHMARK,):
-        raise VibbenchError(f"unknown benchmark {benchmark!r}; choose from {', '.join(BENCHMARKS + (HEAD_BENCHMARK,))}")
-    if batch < 1 or n_samples < 1:
-        raise VibbenchError(f"batch and n_samples must be positive, got {batch} and {n_samples}")
+        raise VibbenchError(unknown_name_message("benchmark", benchmark, BENCHMARKS + (HEAD_BENCHMARK,)))
+    check_positive_int("batch", batch)
+    check_positive_int("n_samples", n_samples)
     reason = unavailable_reason(implementation, device, allow_interpreter=allow_interpreter)
     if reason:
         raise VibbenchError(f"implementation {implementation!r} is unavailable: {reason}")

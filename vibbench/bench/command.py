@@ -11,7 +11,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from vibbench.core.errors import VibbenchError
+from vibbench.core.errors import VibbenchError, check_positive_int
 
 if TYPE_CHECKING:  # for annotations only: importing these at run time loads torch, which `vibbench --help` avoids
     from vibbench.bench.compare import CompareConfig, CompareResult
@@ -75,8 +75,13 @@ def _int_list(text: str) -> tuple[int, ...]:
         values = tuple(int(v) for v in text.replace(",", " ").split())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
+    if not values:
         raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    try:
+        for v in values:
+            check_positive_int("each value", v)
+    except VibbenchError as exc:  # argparse shows an ArgumentTypeError's words (a ValueError's it replaces)
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return values
 
 
@@ -159,9 +164,10 @@ def bench_config_from_args(args) -> BenchConfig:
     changes = {k: v for k, v in changes.items() if v is not None}
     if args.peak_tflops is not None and args.peak_bandwidth is None:
         raise VibbenchError("--peak-tflops needs --peak-bandwidth too (the roofline is memory-bound first)")
-    for name in ("min_run_time", "repeats"):
-        if name in changes and changes[name] <= 0:
-            raise VibbenchError(f"--{name.replace('_', '-')} must be positive, got {changes[name]}")
+    if "min_run_time" in changes and changes["min_run_time"] <= 0:
+        raise VibbenchError(f"--min-run-time must be positive, got {changes['min_run_time']}")
+    if "repeats" in changes:
+        check_positive_int("--repeats", changes["repeats"])
     return BenchConfig.quick(**changes) if args.quick else BenchConfig(**changes)
 
 
@@ -169,8 +175,8 @@ def compare_configs_from_args(args, device: str) -> list[CompareConfig]:
     """One comparison per `--compare-precisions` entry (none without `--compare`)."""
     from vibbench.bench.compare import CompareConfig
 
-    if args.compare_steps < 1 or args.compare_repeats < 1:
-        raise VibbenchError("--compare-steps and --compare-repeats must be positive")
+    check_positive_int("--compare-steps", args.compare_steps)
+    check_positive_int("--compare-repeats", args.compare_repeats)
     if not args.compare:
         return []
     models = tuple(args.compare_models) if args.compare_models else None

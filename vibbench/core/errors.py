@@ -6,8 +6,9 @@ import difflib
 import errno
 
 
-class VibbenchError(Exception):
-    """A problem the user can fix; the message says what to do.
+class VibbenchError(ValueError):
+    """A problem the user can fix; the message says what to do. A ValueError: a user's mistake is a bad value,
+    so library callers that catch ValueError catch it too.
 
     The CLI prints the message and exits with status 2 instead of a traceback.
     """
@@ -27,9 +28,21 @@ def describe_os_error(exc: OSError) -> str:
     return text
 
 
-def unknown_name_message(kind: str, name: str, known: list[str] | tuple[str, ...]) -> str:
-    """"unknown <kind> '<name>'." with up to three close matches among `known` as a hint, then all of `known`."""
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+def _fold(name: str) -> str:
+    """A name as the hint compares it: case, '-' and ' ' do not matter ('Shot-Noise' is close to 'shot_noise')."""
+    return name.strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def unknown_name_message(kind: str, name, known: list[str] | tuple[str, ...]) -> str:
+    """"unknown <kind> '<name>'." with up to three close matches among `known` as a hint, then all of `known`.
+
+    `name` may be any value (a number from a config file); only a string gets a hint."""
+    close = []
+    if isinstance(name, str):
+        folded = {}
+        for k in known:
+            folded.setdefault(_fold(k), k)
+        close = [folded[f] for f in difflib.get_close_matches(_fold(name), list(folded), n=3, cutoff=0.5)]
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return f"unknown {kind} {name!r}.{hint} Known: {', '.join(known)}."
 

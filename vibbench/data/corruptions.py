@@ -90,7 +90,6 @@ not change the result.) Hence:
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import math
 import operator
@@ -99,7 +98,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from vibbench.core.errors import VibbenchError
+from vibbench.core.errors import VibbenchError, unknown_name_message
 
 __all__ = [
     "BLOCK",
@@ -464,13 +463,7 @@ RANDOMIZED = frozenset(CORRUPTIONS) - {"scale", "gaussian_blur", "brightness", "
 def _check_name(name) -> None:
     if isinstance(name, str) and name in CORRUPTIONS:
         return
-    valid = ", ".join(CORRUPTIONS)
-    hint = ""
-    if isinstance(name, str):
-        close = difflib.get_close_matches(name.strip().lower().replace("-", "_").replace(" ", "_"), list(CORRUPTIONS), n=1)
-        if close:
-            hint = f" Did you mean {close[0]!r}?"
-    raise VibbenchError(f"Unknown corruption {name!r}.{hint} Valid names: {valid}.")
+    raise VibbenchError(unknown_name_message("corruption", name, tuple(CORRUPTIONS)))
 
 
 def _check_severity(severity) -> int:

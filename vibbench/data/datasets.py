@@ -50,7 +50,6 @@ random blob prototypes plus noise, learnable by a small MLP.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import gzip
 import io
 import os
@@ -69,7 +68,7 @@ import torch
 
 from vibbench.core.atomic import atomic_write_bytes, atomic_write_text
 from vibbench.core.hashing import sha256_bytes
-from vibbench.core.errors import VibbenchError
+from vibbench.core.errors import VibbenchError, unknown_name_message
 from vibbench.core.paths import cache_root
 
 try:  # numpy >= 2
@@ -245,9 +244,7 @@ def parse_idx(data: bytes) -> np.ndarray:
 def _check_name(name: str) -> None:
     if name in DATASETS:
         return
-    close = difflib.get_close_matches(str(name).lower(), DATASETS, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise VibbenchError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.{hint}")
+    raise VibbenchError(unknown_name_message("dataset", name, DATASETS))
 
 
 def _resolve_dir(data_dir: str | os.PathLike | None) -> Path:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from scipy import optimize
 
-from vibbench.core.errors import VibbenchError
+from vibbench.core.errors import VibbenchError, check_positive_int
 
 # Temperature scaling searches log T in [log 0.05, log 20]. A minimizer outside that range only
 # happens when NLL keeps falling towards T -> 0 (a separable validation set) or T -> inf
@@ -60,8 +60,7 @@ def _check_inputs(log_probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
 
 
 def _check_n_bins(n_bins: int) -> None:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise VibbenchError(f"n_bins must be a positive integer; got {n_bins!r}.")
+    check_positive_int("n_bins", n_bins)
 
 
 def _top1(log_probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

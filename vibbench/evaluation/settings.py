@@ -6,7 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from vibbench.core.errors import VibbenchError, unknown_name_message
+from vibbench.core.errors import VibbenchError, check_positive_int, unknown_name_message
 from vibbench.data.corruptions import CORRUPTIONS, SEVERITIES
 from vibbench.evaluation.attacks.registry import ATTACKS
 
@@ -49,9 +49,7 @@ class AttackSettings:
         if not self.cw_cs or not all(isinstance(c, (int, float)) and c > 0 for c in self.cw_cs):
             raise VibbenchError(f"cw_cs must be positive numbers, got {self.cw_cs!r}")
         for name in ("subset", "expensive_subset", "pgd_steps", "eot_iter", "cw_steps", "apgd_steps", "fab_steps", "square_queries", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise VibbenchError(f"attack setting {name} must be a positive integer, got {value!r}")
+            check_positive_int(f"attack setting {name}", getattr(self, name))
 
     def grid(self, norm: str) -> tuple[float, ...]:
         return {"linf": self.linf_eps, "l2": self.l2_eps}[check_norm(norm)]
@@ -101,12 +99,10 @@ class EvalConfig:
         for s in self.severities:
             if s not in SEVERITIES:
                 raise VibbenchError(f"severity {s!r} is not one of {SEVERITIES}")
-        if not isinstance(self.shift_subset, int) or self.shift_subset < 1:
-            raise VibbenchError(f"shift_subset must be a positive integer, got {self.shift_subset!r}")
+        check_positive_int("shift_subset", self.shift_subset)
         if isinstance(self.subset_seed, bool) or not isinstance(self.subset_seed, int) or self.subset_seed < 0:
             raise VibbenchError(f"subset_seed must be a whole number >= 0, got {self.subset_seed!r}")
-        if not isinstance(self.calibration_bins, int) or self.calibration_bins < 1:
-            raise VibbenchError(f"calibration_bins must be a positive integer, got {self.calibration_bins!r}")
+        check_positive_int("calibration_bins", self.calibration_bins)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vibbench.core.errors import check_positive_int
 from vibbench.models.layers import Backbone
 from vibbench.models.head import kl_divergence, log_mean_softmax, reparameterize, std_from_preactivation
 from vibbench.models.methods import Method
@@ -58,8 +59,8 @@ class Classifier(nn.Module):
         input_shape: tuple[int, int, int] = (1, 28, 28),
     ):
         super().__init__()
-        if eval_samples < 1 or train_samples < 1:
-            raise ValueError("eval_samples and train_samples must be >= 1")
+        for option, value in (("num_classes", num_classes), ("latent_dim", latent_dim), ("eval_samples", eval_samples), ("train_samples", train_samples)):
+            check_positive_int(option, value)
         self.name = name
         self.backbone_name = backbone_name
         self.method = method

@@ -84,7 +84,7 @@ from typing import NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
-from vibbench.core.errors import VibbenchError
+from vibbench.core.errors import VibbenchError, check_positive_int
 from vibbench.models.head import LOG_SOFTPLUS_LINEAR_BELOW, STD_SHIFT
 
 _SHIFT = float(STD_SHIFT)
@@ -357,8 +357,7 @@ def _check(h: torch.Tensor, num_samples: int) -> tuple[int, int]:
         raise ValueError(f"h must be a (B, 2K) tensor [mu | s] with K >= 1, got {shape}")
     if not h.is_floating_point():
         raise ValueError(f"h must be floating point, got {h.dtype}")
-    if int(num_samples) < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    check_positive_int("num_samples", num_samples)
     return h.shape[0], h.shape[1] // 2
 
 

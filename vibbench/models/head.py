@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vibbench.core.errors import check_positive_int
+
 STD_SHIFT = 5.0
 """softplus(s - 5): the paper's shift, so the initial std is about 0.0067."""
 
@@ -60,8 +62,7 @@ def reparameterize(
 
     `eps` may be given (shape (num_samples, B, K)) to compare implementations on identical noise.
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    check_positive_int("num_samples", num_samples)
     shape = (num_samples, *mu.shape)
     if eps is None:
         eps = torch.randn(shape, dtype=mu.dtype, device=mu.device, generator=generator)

@@ -59,9 +59,7 @@ def check_model(name: str, **overrides) -> tuple[str, Method, dict]:
     overrides = {k: v for k, v in overrides.items() if v is not None}
     unknown = sorted(set(overrides) - set(HYPERPARAMETERS) - set(ARCHITECTURE_OPTIONS))
     if unknown:
-        raise VibbenchError(
-            f"unknown option(s) {', '.join(unknown)} for model {name!r}; "
-            f"allowed: {', '.join(HYPERPARAMETERS + ARCHITECTURE_OPTIONS)}"
-        )
+        known = HYPERPARAMETERS + ARCHITECTURE_OPTIONS
+        raise VibbenchError(" ".join(unknown_name_message(f"option for model {name!r}", opt, known) for opt in unknown))
     method = METHODS[method_name].with_overrides(**{k: v for k, v in overrides.items() if k in HYPERPARAMETERS})
     return backbone_name, method, {k: v for k, v in overrides.items() if k in ARCHITECTURE_OPTIONS}

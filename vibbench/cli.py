@@ -103,8 +103,8 @@ def _run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--device", help=f"one of {', '.join(DEVICES)} (default: auto)")
     run.add_argument("--epochs", type=_positive_int, help="override the profile's number of epochs")
     run.add_argument("--out", type=Path, help="output folder (default: results/<run id>)")
-    run.add_argument("--cache-dir", type=Path, help="checkpoints and job results (default: $VIBBENCH_CACHE_DIR or ~/.cache/vibbench)")
-    run.add_argument("--data-dir", type=Path, help="datasets (default: $VIBBENCH_DATA_DIR or ~/.cache/vibbench/data)")
+    run.add_argument("--cache-dir", type=Path, help="checkpoints and job results (default: $VIBBENCH_CACHE_DIR, else $XDG_CACHE_HOME/vibbench, else ~/.cache/vibbench)")
+    run.add_argument("--data-dir", type=Path, help="datasets (default: $VIBBENCH_DATA_DIR, else $XDG_CACHE_HOME/vibbench/data, else ~/.cache/vibbench/data)")
     run.add_argument("--precision", help="training precision: fp32 (the default) or bf16 (autocast; evaluation stays fp32)")
     run.add_argument("--no-eval", action="store_true", help="clean accuracy only: skip robustness, calibration, OOD and shift")
 

@@ -140,7 +140,7 @@ def bench_options(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--compare-models", nargs="+", metavar="PATTERN", help="registry patterns of the population comparison (default: the quick profile's models)")
     p.add_argument("--dataset", default="mnist", help="dataset of the comparison (default mnist; synthetic needs no files)")
-    p.add_argument("--data-dir", type=Path, help="datasets (default: $VIBBENCH_DATA_DIR or ~/.cache/vibbench/data)")
+    p.add_argument("--data-dir", type=Path, help="datasets (default: $VIBBENCH_DATA_DIR, else $XDG_CACHE_HOME/vibbench/data, else ~/.cache/vibbench/data)")
 
 
 def bench_config_from_args(args) -> BenchConfig:

@@ -87,20 +87,18 @@ def shift_records(model, test, cfg: EvalConfig, seed: int) -> list[dict]:
     under each corruption and severity, and at severity 0 (the same images, clean)."""
     idx = evaluation_indices(test.labels.numel(), cfg.shift_subset, cfg.subset_seed).to(test.images.device)
     x, y = test.images[idx], test.labels[idx].cpu()
-    records = _clean_shift_records(model, x, y, cfg, seed)  # severity 0: the same images, uncorrupted
+    records = _shift_point(model, x, y, cfg, seed, "none", 0)  # severity 0: the same images, uncorrupted
     for name in cfg.corruptions:
         for severity in cfg.severities:
-            logp, _ = predictions(model, corrupt(x, name, severity, seed=seed), "predictor", seed=seed)
-            m = calibration_metrics(logp, y, 1.0, cfg.calibration_bins)
-            base = {"split": "test", "eval_mode": "predictor", "corruption": name, "severity": severity, "n": int(y.numel())}
-            records += [base | {"metric": k, "value": m[k]} for k in ("accuracy", "ece", "nll")]
+            records += _shift_point(model, corrupt(x, name, severity, seed=seed), y, cfg, seed, name, severity)
     return records
 
 
-def _clean_shift_records(model, x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig, seed: int) -> list[dict]:
-    logp, _ = predictions(model, x, "predictor", seed=seed)
+def _shift_point(model, images: torch.Tensor, y: torch.Tensor, cfg: EvalConfig, seed: int, corruption: str, severity: int) -> list[dict]:
+    """Accuracy, ECE and NLL of the predictor on `images` (the shift set under `corruption` at `severity`)."""
+    logp, _ = predictions(model, images, "predictor", seed=seed)
     m = calibration_metrics(logp, y, 1.0, cfg.calibration_bins)
-    base = {"split": "test", "eval_mode": "predictor", "corruption": "none", "severity": 0, "n": int(y.numel())}
+    base = {"split": "test", "eval_mode": "predictor", "corruption": corruption, "severity": severity, "n": int(y.numel())}
     return [base | {"metric": k, "value": m[k]} for k in ("accuracy", "ece", "nll")]
 
 

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -51,7 +52,12 @@ def test_hand_computed_ece_and_mce_with_two_bins():
     # bin [0.5, 1]: 0.90 yes, 0.70 yes, 0.60 no, 0.55 no -> acc 1/2, conf 0.6875, gap 0.1875
     log_probs = HAND_PROBS.log()
     assert ece(log_probs, HAND_LABELS, n_bins=2) == pytest.approx((2 * 0.075 + 4 * 0.1875) / 6, abs=1e-12)
-    assert mce(log_probs, HAND_LABELS, n_bins=2) == pytest.approx(0.1875, abs=1e-12)
+    assert mce(log_probs, HAND_LABELS, n_bins=2, min_count=1) == pytest.approx(0.1875, abs=1e-12)
+    # only the bin of four counts with min_count 3; with the default floor of 30 no bin does
+    assert mce(log_probs, HAND_LABELS, n_bins=2, min_count=3) == pytest.approx(0.1875, abs=1e-12)
+    assert mce(log_probs, HAND_LABELS, n_bins=2, min_count=4) == pytest.approx(0.1875, abs=1e-12)
+    assert math.isnan(mce(log_probs, HAND_LABELS, n_bins=2, min_count=5))
+    assert math.isnan(mce(log_probs, HAND_LABELS, n_bins=2))
 
 
 def test_hand_computed_adaptive_ece():
@@ -73,7 +79,9 @@ def test_ece_and_mce_match_torchmetrics(n_classes, seed):
 
     logits, labels = random_predictions(4000, n_classes, seed)
     probs = F.softmax(logits, -1)
-    for norm, ours in (("l1", ece), ("max", mce)):
+    # torchmetrics' max norm takes every non-empty bin: min_count=1
+    plain_mce = lambda log_probs, labels: mce(log_probs, labels, min_count=1)  # noqa: E731
+    for norm, ours in (("l1", ece), ("max", plain_mce)):
         reference = MulticlassCalibrationError(num_classes=n_classes, n_bins=15, norm=norm)(probs, labels)
         # torchmetrics works in float32; we work in float64
         assert ours(probs.log(), labels) == pytest.approx(float(reference), abs=1e-5)
@@ -91,7 +99,7 @@ def test_confidence_of_exactly_one_goes_to_the_last_bin():
     labels = torch.tensor([1, 0])  # the certain prediction is wrong, the 0.95 one right
     # one bin: acc 1/2, conf 0.975
     assert ece(probs.log(), labels) == pytest.approx(0.475, abs=1e-12)
-    assert mce(probs.log(), labels) == pytest.approx(0.475, abs=1e-12)
+    assert mce(probs.log(), labels, min_count=1) == pytest.approx(0.475, abs=1e-12)
     assert reliability_bins(probs.log(), labels)["count"].iloc[-1] == 2
     # torchmetrics: separate bins, (1 - 0) / 2 + (1 - 0.95) / 2 = 0.525 and max 1.0
     l1 = MulticlassCalibrationError(num_classes=2, n_bins=15, norm="l1")(probs.float(), labels)
@@ -99,6 +107,77 @@ def test_confidence_of_exactly_one_goes_to_the_last_bin():
     assert float(l1) == pytest.approx(0.525) and float(max_norm) == pytest.approx(1.0)
     # with no other example in the last bin both conventions agree
     assert ece(probs[:1].log(), labels[:1]) == 1.0
+
+
+def predictions_with_confidence(confidence, correct, n_classes=10, seed=0):
+    """(log-probabilities, labels) whose top-1 confidences are `confidence` (each > 1 / n_classes) and whose top-1
+    predictions are right where `correct` is: the predicted class holds `confidence`, the others share the rest."""
+    confidence = torch.as_tensor(confidence, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    predicted = torch.randint(0, n_classes, (confidence.numel(),), generator=g)
+    probs = ((1 - confidence) / (n_classes - 1))[:, None].repeat(1, n_classes)
+    probs[torch.arange(confidence.numel()), predicted] = confidence
+    labels = torch.where(torch.as_tensor(correct), predicted, (predicted + 1) % n_classes)
+    return probs.log(), labels
+
+
+def numpy_mce(confidence, correct, n_bins, min_count):
+    """MCE by hand: 15 equal-width bins of [0, 1] (floor of confidence * n_bins, 1.0 in the last), the largest
+    |accuracy - mean confidence| over bins holding at least `min_count` examples."""
+    confidence, correct = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
+    index = np.minimum(np.floor(confidence * n_bins).astype(int), n_bins - 1)
+    gaps = [
+        abs(correct[index == b].mean() - confidence[index == b].mean())
+        for b in range(n_bins)
+        if (index == b).sum() >= min_count
+    ]
+    return max(gaps) if gaps else math.nan
+
+
+def test_mce_ignores_a_tiny_bin_with_a_huge_gap():
+    rng = np.random.default_rng(0)
+    # 400 examples near 0.95, 95% right (gap ~0); 100 near 0.75, 65% right (gap ~0.1); 2 near 0.35, both wrong
+    # (gap ~0.35): the two-image bin decides the plain MCE, the floor of 30 drops it. Confidences stay inside
+    # their bins [14/15, 1], [11/15, 12/15) and [5/15, 6/15), away from the edges.
+    confidence = np.concatenate([rng.uniform(0.94, 0.96, 400), rng.uniform(0.74, 0.76, 100), [0.35, 0.36]])
+    correct = np.concatenate([np.arange(400) < 380, np.arange(100) < 65, [False, False]])
+    log_probs, labels = predictions_with_confidence(confidence, correct)
+    assert calibration.MCE_MIN_BIN_COUNT == 30
+
+    plain = mce(log_probs, labels, min_count=1)
+    assert plain == pytest.approx(numpy_mce(confidence, correct, 15, 1), abs=1e-12)
+    assert plain == pytest.approx(0.355, abs=1e-12)  # the tiny bin: accuracy 0, confidence 0.355
+
+    floored = mce(log_probs, labels)
+    assert floored == pytest.approx(numpy_mce(confidence, correct, 15, 30), abs=1e-12)
+    assert floored == pytest.approx(abs(0.65 - confidence[400:500].mean()), abs=1e-12)
+    assert floored < 0.15
+    assert calibration_metrics(log_probs, labels)["mce"] == pytest.approx(floored, abs=1e-12)
+    # a floor between the bins' sizes keeps the bin of 100 and drops the bin of 2 the same way
+    assert mce(log_probs, labels, min_count=3) == floored == mce(log_probs, labels, min_count=100)
+    # above the largest bin nothing is left
+    assert math.isnan(mce(log_probs, labels, min_count=401))
+    assert math.isnan(calibration_metrics(log_probs[500:], labels[500:])["mce"])  # the two-image bin alone
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mce_with_every_bin_above_the_floor_is_the_plain_max_gap(seed):
+    MulticlassCalibrationError = pytest.importorskip("torchmetrics.classification").MulticlassCalibrationError
+
+    rng = np.random.default_rng(seed)
+    # confidences uniform over [0.15, 1): 13 bins of about 300 examples each; right with a probability that
+    # drifts from the confidence, so the bins' gaps differ
+    confidence = rng.uniform(0.15, 1.0, 4000)
+    correct = rng.uniform(size=4000) < np.clip(confidence + rng.normal(0, 0.1) + 0.2 * np.sin(7 * confidence), 0, 1)
+    counts = np.bincount(np.minimum(np.floor(confidence * 15).astype(int), 14), minlength=15)
+    assert counts[counts > 0].min() >= calibration.MCE_MIN_BIN_COUNT
+    log_probs, labels = predictions_with_confidence(confidence, correct, seed=seed)
+
+    ours = mce(log_probs, labels)
+    assert ours == pytest.approx(mce(log_probs, labels, min_count=1), abs=1e-12)
+    assert ours == pytest.approx(numpy_mce(confidence, correct, 15, 1), abs=1e-12)
+    reference = MulticlassCalibrationError(num_classes=10, n_bins=15, norm="max")(log_probs.exp().float(), labels)
+    assert ours == pytest.approx(float(reference), abs=1e-5)  # torchmetrics works in float32
 
 
 def test_brier_and_nll_against_direct_formulas():
@@ -235,6 +314,9 @@ def test_bad_bins_and_temperature_are_vibbench_errors():
     logits, labels = random_predictions(10, 3, 16)
     with pytest.raises(VibbenchError, match="n_bins"):
         ece(logits, labels, n_bins=0)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(VibbenchError, match="min_count"):
+            mce(logits, labels, min_count=bad)
     for bad in (0.0, -1.0, math.inf, math.nan, "hot"):
         with pytest.raises(VibbenchError, match="temperature"):
             calibration_metrics(logits, labels, temperature=bad)

@@ -90,7 +90,7 @@ def test_options_of_a_config_rebuild_it_exactly(tmp_path):
         ("run.toml", "seeds = true", ": seeds must be a whole number from 1 to 1000, got a boolean True"),
         ("run.toml", "epochs = 2.5", ": epochs must be a positive integer, got 2.5"),
         ("run.toml", "epochs = true", ": epochs must be a positive integer, got True"),
-        ("run.toml", 'profile = "fast"', ": profile: unknown profile 'fast'. Known: smoke, quick, paper."),
+        ("run.toml", 'profile = "fast"', ": profile: unknown profile 'fast'. Known: smoke, quick, paper, table1."),
         ("run.toml", "device = 1", ": device must be one of auto, cpu, cuda, got an integer 1"),
         ("run.toml", 'dataset = "cifar"', ": dataset: unknown dataset 'cifar'. Known: mnist, fashion-mnist, synthetic."),
         ("run.toml", 'models = "mlp_vib"', ': models must be a non-empty list of model patterns such as ["mlp_*", "mlp_vib:beta=1e-2"]'),

@@ -3,7 +3,7 @@
 TOML (`*.toml`) or JSON (`*.json`), chosen by the file's extension. Every field is optional;
 options given on the command line override the file, and the file overrides the profile:
 
-    profile = "quick"                  # smoke | quick | paper
+    profile = "quick"                  # smoke | quick | paper | table1
     models = ["mlp_*", "mlp_vib:beta=1e-2"]
     seeds = 3                          # seeds 0..2
     dataset = "mnist"                  # mnist | fashion-mnist | synthetic

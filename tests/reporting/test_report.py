@@ -14,7 +14,7 @@ import pytest
 from vibbench.core.errors import VibbenchError
 from vibbench.reporting.figures import FIGURES
 from vibbench.reporting.metrics import format_cell, read_metrics, write_metrics
-from vibbench.reporting.report import SECTIONS, build_report, write_report
+from vibbench.reporting.report import REPORT_SECTIONS, SECTIONS, build_report, write_report
 
 # label -> (registry model, method, beta, seeds)
 MODELS = {
@@ -165,8 +165,9 @@ PROVENANCE = {
 }
 
 
-def _section(text: str, number: int) -> str:
-    """The Markdown of section `number` (from its heading to the next section heading)."""
+def _section(text: str, name: str) -> str:
+    """The Markdown of the section `name` of REPORT_SECTIONS (from its heading to the next section heading)."""
+    number = list(REPORT_SECTIONS).index(name) + 1
     start = text.index(f"## {number}. ")
     nxt = text.find(f"\n## {number + 1}. ", start)
     return text[start : nxt if nxt >= 0 else len(text)]
@@ -199,7 +200,7 @@ def test_report_has_every_section_in_order_and_its_figures(full_run):
 
 def test_cells_show_mean_and_ci_for_two_seeds_and_a_plain_value_for_one(full_run):
     _, text = full_run
-    clean = _section(text, 1)
+    clean = _section(text, "clean")
     two = format_cell([clean_test_error("mlp_deterministic", 0), clean_test_error("mlp_deterministic", 1)])
     assert " ± " in two
     assert f"| `mlp_deterministic` | — | 2 | {two} |" in clean
@@ -212,7 +213,7 @@ def test_cells_show_mean_and_ci_for_two_seeds_and_a_plain_value_for_one(full_run
 
 def test_robustness_tables_and_gradient_masking_flags(full_run):
     _, text = full_run
-    rob = _section(text, 2)
+    rob = _section(text, "robustness")
     assert "**Worst-case robust accuracy, L∞ (%, [95% interval])**" in rob and "**Worst-case robust accuracy, L2 (%, [95% interval])**" in rob
     assert "| model | seeds | n | clean | n (clean) | ε=0.1 | ε=0.2 | ε=0.3 | flags |" in rob
     linf = rob[rob.index("**Worst-case robust accuracy, L∞") : rob.index("**Worst-case robust accuracy, L2")]
@@ -227,18 +228,18 @@ def test_robustness_tables_and_gradient_masking_flags(full_run):
 
 def test_other_sections_show_their_tables(full_run):
     _, text = full_run
-    assert "| `mlp_vib` | mean |" in _section(text, 3)  # calibration per eval mode
-    assert "| 1.10 ± 0.00 |" in _section(text, 3)  # fitted temperature
-    ood = _section(text, 4)
+    assert "| `mlp_vib` | mean |" in _section(text, "calibration")  # calibration per eval mode
+    assert "| 1.10 ± 0.00 |" in _section(text, "calibration")  # fitted temperature
+    ood = _section(text, "ood")
     assert "**OOD set: fashion-mnist**" in ood and "| `mlp_vib` | rate | 97.25 ± " in ood
-    shift = _section(text, 5)
+    shift = _section(text, "shift")
     assert "<details>" in shift and "| `mlp_vib` | fog |" in shift and "severity 5" in shift
-    sweep = _section(text, 6)
+    sweep = _section(text, "sweep")
     order = [sweep.index(f"| `{lab}` |") for lab in ("mlp_vib:beta=0.0001", "mlp_vib", "mlp_vib:beta=0.01")]
     assert order == sorted(order)
     assert "worst-case L∞ ε=0.1" in sweep and "worst-case L∞ ε=0.3" in sweep
     assert "| `mlp_deterministic`" not in sweep
-    assert "examples / s" in _section(text, 7)
+    assert "examples / s" in _section(text, "training")
 
 
 def test_provenance_header(full_run):
@@ -255,7 +256,7 @@ def test_in_memory_frame_gives_the_same_report_as_the_csv(tmp_path):
     in_memory, _ = build_report(df, CONFIG, PROVENANCE, draw=False)
     from_csv, _ = build_report(read_metrics(tmp_path), CONFIG, PROVENANCE, draw=False)
     assert in_memory == from_csv
-    assert "Not run" in _section(in_memory, 4) and "Not run" in _section(in_memory, 5)
+    assert "Not run" in _section(in_memory, "ood") and "Not run" in _section(in_memory, "shift")
 
 
 def test_clean_only_run_says_what_was_not_run(tmp_path):
@@ -265,9 +266,9 @@ def test_clean_only_run_says_what_was_not_run(tmp_path):
     (tmp_path / "figures").mkdir()
     (tmp_path / "figures" / "robust_accuracy.png").write_bytes(b"old")
     text = write_report(tmp_path).read_text()
-    for number in (2, 3, 4, 5, 6):
-        assert _section(text, number).count("\n") <= 3 and "*Not run:" in _section(text, number), number
-    assert "Not run" not in _section(text, 1) and "Not run" not in _section(text, 7)
+    for name in ("robustness", "calibration", "ood", "shift", "sweep"):
+        assert _section(text, name).count("\n") <= 3 and "*Not run:" in _section(text, name), name
+    assert "Not run" not in _section(text, "clean") and "Not run" not in _section(text, "training")
     assert "no config.json or provenance.json" in text
     assert (tmp_path / "figures" / "clean_error.png").is_file()
     assert not (tmp_path / "figures" / "robust_accuracy.png").exists()
@@ -297,7 +298,7 @@ def test_one_seed_cells_carry_the_wilson_interval_of_their_n(full_run):
     (value,), (n,) = sel.value.tolist(), sel.n.tolist()
     ci = binomtest(round(value * n), int(n)).proportion_ci(method="wilson")
     expected = f"{100 * value:.1f} [{100 * ci.low:.1f}, {100 * ci.high:.1f}]%"
-    linf = _section(text, 2).split("**Worst-case robust accuracy, L2")[0]
+    linf = _section(text, "robustness").split("**Worst-case robust accuracy, L2")[0]
     row = next(line for line in linf.splitlines() if line.startswith("| `mlp_dropout` |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2] == str(int(n)) and expected in cells

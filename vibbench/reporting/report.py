@@ -3,8 +3,9 @@
 `write_report(run_dir)` reads `run_dir/metrics.csv` (and `config.json` / `provenance.json` when
 present, for the provenance header) and writes, each file atomically, the figures first and
 `report.md` last, so the report never links to a figure that is not there. Sections, in order:
-clean accuracy, adversarial robustness, calibration, OOD detection, distribution shift, the β
-sweep, training. A section whose measurements are absent says so in one line.
+clean accuracy, the published references (Table 1), adversarial robustness, calibration, OOD
+detection, distribution shift, the β sweep, training. A section whose measurements are absent says
+so in one line.
 
 Data stay fractions; percent, rounding and "mean ± half-width of the 95% t-interval over seeds"
 appear only in the rendered Markdown (`metrics.format_cell`). A cell shows a plain value for one seed.
@@ -25,6 +26,7 @@ from vibbench.evaluation.robustness import FLAGS
 from vibbench.reporting.figures import ATTACK_NAMES, FIGURES, MODE_NAMES, NORM_TITLES, SCORE_NAMES, save_figure
 from vibbench.reporting.markdown import markdown_table
 from vibbench.reporting.metrics import clean_rows, format_cell, model_order, read_metrics, summary_markdown, tidy_metrics
+from vibbench.reporting.published import published_section
 
 SWEEP_EPS = (0.1, 0.3)
 
@@ -600,6 +602,7 @@ def _training_section(d: pd.DataFrame, ctx: dict, embed: Embed) -> list[str]:
 
 REPORT_SECTIONS: dict[str, tuple[str, Callable]] = {
     "clean": ("Clean accuracy", _clean_section),
+    "published": ("Published references (Table 1)", published_section),
     "robustness": ("Adversarial robustness", _robustness_section),
     "calibration": ("Calibration", _calibration_section),
     "ood": ("Out-of-distribution detection", _ood_section),
@@ -608,8 +611,8 @@ REPORT_SECTIONS: dict[str, tuple[str, Callable]] = {
     "training": ("Training", _training_section),
 }
 """Every section of the report, by name, in the report's order: (title, builder of its Markdown lines). Each
-evaluation section of `vibbench.evaluation.sections.SECTIONS` has its entry under the same name; clean, sweep and
-training are drawn from the run's clean and training rows."""
+evaluation section of `vibbench.evaluation.sections.SECTIONS` has its entry under the same name; clean, published,
+sweep and training are drawn from the run's clean and training rows (published: `reporting/published.py`)."""
 
 SECTIONS = tuple(title for title, _ in REPORT_SECTIONS.values())
 """The sections' titles, numbered in this order in report.md."""

@@ -360,17 +360,55 @@ def test_impulse_noise_hits_nested_pixel_sets():
         assert (high | ~low).all()  # low implies high
 
 
-def test_shot_noise_is_unbiased_with_poisson_variance():
+def _unclipped_shot_noise(images, severity, seed=0):
+    """The shot noise corruption before `corrupt` clips it to [0, 1], with the generators `corrupt` would use."""
+    gens = [C._generator(seed, "shot_noise", b) for b in range(-(-images.shape[0] // C.BLOCK))]
+    return CORRUPTIONS["shot_noise"](images, severity, gens)
+
+
+def test_shot_noise_is_unbiased_with_poisson_variance_before_clipping():
     level = 0.3
     gray = torch.full((64, 1, 28, 28), level)
     for severity in SEVERITIES:
-        lam = PARAMETERS["shot_noise"][1][severity - 1]
-        out = corrupt(gray, "shot_noise", severity)
-        if severity <= 3:  # P(count > lam) is negligible here, so clipping at 1 does not bias
-            assert out.mean().item() == pytest.approx(level, abs=0.01)
-            assert out.var().item() == pytest.approx(level / lam, rel=0.1)
-        assert torch.allclose(out * lam, (out * lam).round(), atol=1e-4)  # counts / lam (lam is whole)
-    assert torch.equal(corrupt(torch.zeros(2, 1, 28, 28), "shot_noise", 5), torch.zeros(2, 1, 28, 28))
+        c, b = PARAMETERS["shot_noise"][1][severity - 1]
+        raw = _unclipped_shot_noise(gray, severity)
+        assert raw.mean().item() == pytest.approx(level, abs=0.01)
+        assert raw.var().item() == pytest.approx((level + b) / c, rel=0.1)
+        assert torch.allclose((raw + b) * c, ((raw + b) * c).round(), atol=1e-3)  # photon counts / c - b
+        # corrupt is that, clipped
+        assert torch.equal(corrupt(gray, "shot_noise", severity), raw.clamp(0, 1))
+
+
+def test_shot_noise_perturbs_a_black_background(images):
+    """On digit-like strokes over an exactly black background (MNIST's case) every severity changes a good share of
+    the background, more strongly at each severity; the output stays in [0, 1] and is fixed by the seed."""
+    background = images == 0
+    assert background.float().mean() > 0.7
+    changed, strength = [], []
+    for severity in SEVERITIES:
+        out = corrupt(images, "shot_noise", severity, seed=4)
+        assert out.min() >= 0 and out.max() <= 1
+        assert torch.equal(out, corrupt(images.clone(), "shot_noise", severity, seed=4))
+        assert not torch.equal(out, corrupt(images, "shot_noise", severity, seed=5))
+        changed.append((out != images)[background].float().mean().item())
+        strength.append((out - images).abs().mean().item())
+    # the share changed is P(Poisson(b c) > b c): 26% to 45% for the table's (c, b)
+    assert min(changed) > 0.2, changed
+    assert all(later > earlier for earlier, later in zip(strength, strength[1:])), strength
+
+
+def test_shot_noise_preserves_each_pixels_expected_value_before_clipping(images):
+    """E[Poisson((x + b) c) / c - b] = x: the mean of 2,000 independent draws of each pixel of one digit-like image is
+    within 5 standard errors, sqrt((x + b) / (c n)), of the pixel."""
+    n = 2000
+    image = images[:1]
+    copies = image.expand(n, -1, -1, -1).contiguous()  # each copy gets its own draws
+    for severity in SEVERITIES:
+        c, b = PARAMETERS["shot_noise"][1][severity - 1]
+        mean = _unclipped_shot_noise(copies, severity, seed=severity).mean(dim=0, keepdim=True)
+        standard_error = ((image + b) / (c * n)).sqrt()
+        assert ((mean - image).abs() <= 5 * standard_error).all(), severity
+        assert (mean - image).abs().max() > 0  # they are draws, not the image itself
 
 
 def test_gaussian_noise_has_the_table_std():

@@ -22,7 +22,8 @@ Prior work, and where this module differs
 * ImageNet-C: D. Hendrycks and T. Dietterich, "Benchmarking Neural Network Robustness to
   Common Corruptions and Perturbations", ICLR 2019, arXiv:1903.12261. 15 corruptions at 5
   severities each; the noise and brightness tables below follow its values (contrast is
-  ImageNet-C's (.4, .3, .2, .1, .05) made one step milder, as MNIST is already dark).
+  ImageNet-C's (.4, .3, .2, .1, .05) made one step milder, as MNIST is already dark; shot
+  noise keeps ImageNet-C's photon counts c and adds a background level b, see below).
 
 Here, unlike MNIST-C, every corruption has 5 severities of increasing strength, and the
 corrupted images are computed on the fly from whatever test set is given (MNIST or
@@ -34,14 +35,14 @@ added: gaussian_noise, gaussian_blur and contrast (from ImageNet-C).
 
 The corruptions and their parameters (severity 1..5)
 ----------------------------------------------------
-===============  ==============================================  ================================
+===============  ==============================================  =====================================
 name             parameter (unit)                                values for severities 1..5
-===============  ==============================================  ================================
+===============  ==============================================  =====================================
 rotation         angle, degrees; random sign per image            10, 20, 30, 45, 60
 translation      shift per axis, pixels; random sign per axis      1, 2, 3, 4, 5
 scale            shrink factor about the centre (anti-aliased)     0.9, 0.8, 0.7, 0.6, 0.5
 shear            horizontal shear x += m*y; random sign per image  0.1, 0.2, 0.3, 0.45, 0.6
-shot_noise       Poisson rate lam: x' = Poisson(lam*x)/lam         60, 25, 12, 5, 3
+shot_noise       (photons c, background b): see shot noise below   (60,.2) (25,.2) (12,.2) (5,.2) (3,.2)
 impulse_noise    salt-and-pepper probability p per pixel           0.03, 0.06, 0.09, 0.17, 0.27
 gaussian_noise   additive noise std sigma                         0.08, 0.12, 0.18, 0.26, 0.38
 gaussian_blur    blur std sigma, pixels                           0.5, 0.8, 1.1, 1.5, 2.0
@@ -51,7 +52,21 @@ brightness       added offset c: x' = x + c                        0.1, 0.2, 0.3
 contrast         factor c: x' = mean + c*(x - mean), per image     0.5, 0.4, 0.3, 0.2, 0.1
 fog              haze weight a: x' = (1-a)*x + a*haze              0.2, 0.35, 0.5, 0.65, 0.8
 dotted_line      number of random dotted lines (value 1)           1, 2, 3, 4, 5
-===============  ==============================================  ================================
+===============  ==============================================  =====================================
+
+Shot noise is photon noise on the image seen over a background (dark) level b: with c photons
+per unit of intensity, a pixel of intensity x collects Poisson((x + b) c) photons and reads
+x' = Poisson((x + b) c) / c - b, clipped to [0, 1]. Before clipping E[x'] = x and
+Var[x'] = (x + b) / c. Without b (ImageNet-C's Poisson(c x) / c) a pixel at exactly 0 stays 0,
+so MNIST's black background (about 80% of its pixels) never changed and even severity 5 cost a
+small MLP about 1.5 points of accuracy. The severities keep ImageNet-C's c = 60, 25, 12, 5, 3
+(shorter and shorter exposures) with one background level b = 0.2 of full scale: noise of
+standard deviation sqrt(0.2 / c) = 0.06 ... 0.26 on the background (of which clipping keeps the
+positive half: 26% to 45% of background pixels change), sqrt(1.2 / c) = 0.14 ... 0.63 on the
+strokes. On MNIST that is mild at severity 1 and strong at 5: a 784-512-512-10 MLP trained for
+two epochs (96.4% on the first 5,000 test images, seed 0) keeps 95.6, 94.7, 91.3, 77.3 and
+59.4% at severities 1..5 (gaussian_noise: 95.5, 93.8, 85.9, 69.9, 51.7%); the mean absolute
+change per pixel is 0.032, 0.048, 0.069, 0.099, 0.136 (gaussian_noise: 0.035 ... 0.160).
 
 Details: geometric corruptions use ``affine_grid`` + ``grid_sample`` (bilinear, zero padding,
 ``align_corners=False``, about the image centre, x to the right and y down, positive angles
@@ -124,7 +139,10 @@ PARAMETERS: dict[str, tuple[str, tuple]] = {
     "translation": ("shift per axis, pixels (random sign per axis and image)", (1, 2, 3, 4, 5)),
     "scale": ("shrink factor about the centre, anti-aliased", (0.9, 0.8, 0.7, 0.6, 0.5)),
     "shear": ("horizontal shear m in x += m*y (random sign per image)", (0.1, 0.2, 0.3, 0.45, 0.6)),
-    "shot_noise": ("Poisson rate lam, x' = Poisson(lam*x)/lam", (60.0, 25.0, 12.0, 5.0, 3.0)),
+    "shot_noise": (
+        "(photons per unit intensity c; background level b), x' = Poisson((x+b)*c)/c - b",
+        ((60.0, 0.2), (25.0, 0.2), (12.0, 0.2), (5.0, 0.2), (3.0, 0.2)),
+    ),
     "impulse_noise": ("salt-and-pepper probability p per pixel", (0.03, 0.06, 0.09, 0.17, 0.27)),
     "gaussian_noise": ("additive Gaussian noise std sigma", (0.08, 0.12, 0.18, 0.26, 0.38)),
     "gaussian_blur": ("Gaussian blur std sigma, pixels", (0.5, 0.8, 1.1, 1.5, 2.0)),
@@ -322,8 +340,9 @@ def _shear(images, severity, generator):
 
 
 def _shot_noise(images, severity, generator):
-    lam = _param("shot_noise", severity)
-    rates = (images * lam).to(device="cpu", dtype=torch.float32)
+    # photon noise over a background level b: unbiased before clipping, and it reaches a black background
+    c, b = _param("shot_noise", severity)
+    rates = ((images + b) * c).to(device="cpu", dtype=torch.float32)
     gens = _generators(generator)
     # One draw per block: torch.poisson is a serial CPU kernel, so prefixes are stable.
     if len(gens) == 1:
@@ -331,7 +350,7 @@ def _shot_noise(images, severity, generator):
     else:
         parts = [rates[b * BLOCK : (b + 1) * BLOCK] for b in range(len(gens))]
         counts = torch.cat([torch.poisson(part, generator=g) for part, g in zip(parts, gens) if len(part)])
-    return counts.to(device=images.device, dtype=images.dtype) / lam
+    return counts.to(device=images.device, dtype=images.dtype) / c - b
 
 
 def _impulse_noise(images, severity, generator):

@@ -12,7 +12,8 @@ from vibbench.evaluation.attacks.adversarial import adversarial_examples
 from vibbench.evaluation.attacks.cw import PositiveLogits
 from vibbench.evaluation.attacks.target import AttackTarget
 from vibbench.evaluation.settings import AttackSettings, autoattack_label, check_eps
-from vibbench.evaluation.robustness import evaluate_robustness, masking_flags, worst_case
+from vibbench.evaluation.masking import FLAGS, masking_flags
+from vibbench.evaluation.robustness import evaluate_robustness, worst_case
 
 N = 100
 
@@ -71,16 +72,43 @@ def test_masking_flags_on_constructed_tables():
     key = lambda a, e, p="direct", n="linf": (a, p, n, e)
     acc = {key("pgd", 0.1): 0.5, key("pgd", 0.3): 0.2, key("fgsm", 0.3): 0.3, key("square", 0.3): 0.25}
     n = dict.fromkeys(acc, 1000)
-    quiet = masking_flags(acc, n, {key("pgd", 0.9): 0.0}, {"direct": 0.0}, 10)
-    assert not any(quiet.values())
-    loud = masking_flags(
-        acc | {key("pgd", 0.3): 0.6, key("square", 0.3): 0.1},
-        n,
-        {key("pgd", 0.9): 0.5},
-        {"direct": 0.2},
-        10,
-    )
-    assert all(loud.values())
+    quiet = masking_flags(acc, n, {key("pgd", 0.9): 0.0}, {"direct": 0.0})
+    assert not any(quiet.values()) and set(quiet) == set(FLAGS)
+    loud = masking_flags(acc | {key("pgd", 0.3): 0.6, key("square", 0.3): 0.1}, n, {key("pgd", 0.9): 0.5}, {"direct": 0.2})
+    assert loud["nonmonotone"] == [key("pgd", 0.1), key("pgd", 0.3)]
+    assert loud["blackbox_stronger"] == [key("pgd", 0.3), key("fgsm", 0.3)]  # the white-box rows Square beat
+    assert set(loud["large_eps"]) == set(loud["zero_grad"]) == set(acc)  # path-wide: every row of the path
+
+
+def test_large_eps_expects_near_zero_not_chance():
+    key = ("pgd", "direct", "linf", 0.1)
+    for value, fires in ((0.0, False), (0.02, False), (0.05, True), (0.10, True)):  # the old check waited for > 20%
+        flags = masking_flags({key: 0.5}, {key: 1000}, {("pgd", "direct", "linf", 0.9): value}, {"direct": 0.0}, large_n=1000)
+        assert bool(flags["large_eps"]) is fires, value
+
+
+def test_new_masking_checks_name_the_rows_they_doubt():
+    k = lambda a, p, e, n="linf": (a, p, n, e)
+    acc = {
+        k("pgd", "mean", 0.1): 0.30, k("pgd", "eot", 0.1): 0.55,  # EOT far weaker than mean: eot_weaker
+        k("fgsm", "mean", 0.1): 0.40, k("fgsm", "eot", 0.1): 0.42,  # within the margin: quiet
+        k("square", "eot", 0.1): 0.90,  # far above the best white-box on the EOT path: blackbox_weaker
+        k("pgd_l2", "mean", 1.0, "l2"): 0.20, k("cw", "mean", 1.0, "l2"): 0.45,  # cw_weaker
+    }
+    n = dict.fromkeys(acc, 500)
+    disagreement = dict.fromkeys(acc, 0.0) | {k("fgsm", "eot", 0.1): 0.3}
+    flags = masking_flags(acc, n, {}, {}, disagreement, stochastic=True)
+    assert flags["eot_weaker"] == [k("pgd", "eot", 0.1), k("square", "eot", 0.1)] or flags["eot_weaker"] == [k("pgd", "eot", 0.1)]
+    assert flags["blackbox_weaker"] == [k("square", "eot", 0.1)]
+    assert flags["cw_weaker"] == [k("cw", "mean", 1.0, "l2")]
+    assert flags["judge_noisy"] == [k("fgsm", "eot", 0.1)]
+    assert not masking_flags(acc, n, {}, {}, stochastic=False)["blackbox_weaker"]  # a deterministic model's Square is not noise-limited
+
+
+def test_worst_case_is_conservative_over_draws():
+    t = lambda *rows: torch.tensor(rows, dtype=torch.bool)
+    robust = {("pgd", "eot", "linf", 0.1): t((1, 1, 0), (1, 0, 0)), ("pgd", "mean", "linf", 0.1): t((1, 1, 1))}
+    assert worst_case(robust)[("linf", 0.1)].tolist() == [True, False, False]  # broken under any draw is broken
 
 
 class Quantized(nn.Module):
@@ -115,13 +143,13 @@ class FarMasked(nn.Module):
 
 
 def flags_of(records):
-    return {r["metric"][5:]: bool(r["value"]) for r in records if r["metric"].startswith("flag_")}
+    return {r["metric"][5:]: bool(r["value"]) for r in records if r["metric"].startswith("flag_") and r["attack"] == "checks"}
 
 
 def test_masking_checks_stay_quiet_on_a_normal_model(trained_mlp, synthetic):
     x, y = synthetic.test.images[:N], synthetic.test.labels[:N]
     flags = flags_of(evaluate_robustness(trained_mlp, x, y, small(attacks=("fgsm", "pgd", "square")), seed=0))
-    assert flags == {"nonmonotone": False, "large_eps": False, "blackbox_stronger": False, "zero_grad": False}
+    assert flags == dict.fromkeys(FLAGS, False)
 
 
 def test_masking_checks_fire_on_quantized_inputs(trained_mlp, synthetic):
@@ -188,3 +216,96 @@ def test_cw_breaks_models_whose_outputs_are_log_probabilities(trained_vib, train
     for model in (trained_vib, trained_mlp):
         records = evaluate_robustness(model, x, synthetic.test.labels[:20], small(attacks=("cw",), subset=20, expensive_subset=20, cw_steps=30, l2_eps=(5.0,)), seed=0)
         assert max(by(records, "robust_accuracy", attack="cw")) < by(records, "robust_accuracy", attack="clean")[0]
+
+
+def test_ensemble_bookkeeping_is_the_judges(trained_mlp, synthetic, monkeypatch):
+    """Each part attacks only the images the judge still finds robust; a later failure (the clean image back) never
+    undoes an earlier success; the result is the judge's verdict on the strongest image kept."""
+    from vibbench.evaluation.attacks import autoattack
+
+    x, y = synthetic.test.images[:40], synthetic.test.labels[:40]
+    with torch.no_grad():
+        pred = trained_mlp(x).argmax(1)
+    clean_ok = pred == y
+    donor = {c: x[(pred == c) & clean_ok][0] for c in range(10) if ((pred == c) & clean_ok).any()}
+    broken = [i for i in range(40) if clean_ok[i]][:5]
+    seen = []
+
+    def breaker(images, labels):  # replaces the first five robust images by an image of another class
+        out = images.clone()
+        for k, label in enumerate(labels.tolist()):
+            if len(seen) == 0 and k < 5:
+                out[k] = donor[next(c for c in donor if c != label)]
+        seen.append(len(images))
+        return out
+
+    def failure(images, labels):  # returns the clean images: fails everywhere
+        seen.append(len(images))
+        return images.clone()
+
+    monkeypatch.setattr(autoattack, "parts", lambda r: [("a", breaker), ("b", failure), ("c", failure)])
+    records = evaluate_robustness(trained_mlp, x, y, small(attacks=("autoattack",), subset=40, expensive_subset=40, expensive_eps=(0.3,)), seed=0)
+    expected = clean_ok.clone()
+    expected[broken] = False
+    assert by(records, "robust_accuracy", attack="autoattack", eps=0.3) == [float(expected.float().mean())]
+    assert seen == [int(clean_ok.sum()), int(expected.sum()), int(expected.sum())]  # later parts see only robust images
+
+
+def test_cw_ends_where_the_judge_misclassifies(trained_vib, synthetic):
+    """Each C&W distance belongs to a point the judge's draw calls wrong: CW's robust accuracy can never exceed the
+    clean accuracy, and at the median distance (or beyond) at least half the images are broken."""
+    x, y = synthetic.test.images[:40], synthetic.test.labels[:40]
+    records = evaluate_robustness(trained_vib, x, y, small(attacks=("cw",), subset=40, expensive_subset=40, cw_steps=20, l2_eps=(0.5, 1.0, 2.0, 4.0)), seed=0)
+    for path in ("mean", "eot"):
+        median = by(records, "median_adv_distance", attack="cw", path=path)[0]
+        rates = dict(zip((0.5, 1.0, 2.0, 4.0), by(records, "robust_accuracy", attack="cw", path=path)))
+        assert math.isfinite(median) and by(records, "attack_success_rate", attack="cw", path=path)[0] > 0.5
+        assert all(v <= 0.5 + 1e-9 for e, v in rates.items() if e >= median)
+
+
+class MaskedEOT(nn.Module):
+    """A stochastic model whose sampled path passes no gradient to the input (the mean path is intact): EOT attacks
+    find nothing, the mean path's do."""
+
+    stochastic = True
+    num_classes = 10
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.mean_mode = inner, False
+
+    def forward(self, x):
+        self.inner.mean_mode = self.mean_mode
+        try:
+            return self.inner(x) if self.mean_mode else self.inner(x.detach()) + 0.0 * x.flatten(1).sum(1, keepdim=True)
+        finally:
+            self.inner.mean_mode = False
+
+
+def test_eot_weaker_than_mean_path_is_flagged(trained_vib, synthetic):
+    x, y = synthetic.test.images[:N], synthetic.test.labels[:N]
+    records = evaluate_robustness(MaskedEOT(trained_vib), x, y, small(attacks=("pgd",), judge_draws=2), seed=0)
+    eot, mean = by(records, "robust_accuracy", attack="pgd", path="eot", eps=0.3)[0], by(records, "robust_accuracy", attack="pgd", path="mean", eps=0.3)[0]
+    assert eot > mean + 0.3
+    doubted = {(r["attack"], r["path"], r["eps"]) for r in records if r["metric"] == "flag_eot_weaker" and r["attack"] != "checks"}
+    assert ("pgd", "eot", 0.3) in doubted and flags_of(records)["eot_weaker"]
+
+
+@pytest.mark.slow
+def test_vib_rows_are_not_far_above_pgd_without_a_flag(trained_vib, synthetic):
+    """On a VIB model: C&W (judged by the predictor) and Square (querying the averaging oracle) do not sit tens of
+    points above PGD at the same budget, and any attack far weaker on the EOT path than on the mean path is flagged."""
+    x, y = synthetic.test.images[:N], synthetic.test.labels[:N]
+    s = small(attacks=("pgd", "pgd_l2", "cw", "square"), linf_eps=(0.2, 0.3), l2_eps=(1.0, 2.0, 3.0), expensive_eps=(0.2, 0.3),
+              eot_iter=2, cw_steps=30, square_queries=300, judge_draws=3, oracle_draws=4)  # fmt: skip
+    records = evaluate_robustness(trained_vib, x, y, s, seed=0)
+    acc = {(r["attack"], r["path"], r["eps"]): r["value"] for r in records if r["metric"] == "robust_accuracy"}
+    doubted = {(r["attack"], r["path"], r["eps"]) for r in records if r["metric"].startswith("flag_") and r["attack"] != "checks"}
+    for path in ("mean", "eot"):
+        for eps in (1.0, 2.0, 3.0):
+            assert acc[("cw", path, eps)] <= acc[("pgd_l2", path, eps)] + 0.10
+        for eps in (0.2, 0.3):
+            assert acc[("square", path, eps)] <= acc[("pgd", path, eps)] + 0.10
+    for (attack, path, eps), value in acc.items():
+        if path == "eot" and (attack, "mean", eps) in acc and value > acc[(attack, "mean", eps)] + 0.13:
+            assert (attack, "eot", eps) in doubted

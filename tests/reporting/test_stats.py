@@ -38,3 +38,14 @@ def test_the_wilson_interval_refuses_impossible_counts():
     for k, n in [(1, 0), (-1, 5), (6, 5)]:
         with pytest.raises(ValueError, match="successes"):
             wilson_interval(k, n)
+
+
+def test_mcnemar_exact_against_scipys_binomial_test():
+    from scipy.stats import binomtest
+
+    from vibbench.reporting.stats import mcnemar_exact
+
+    for b, c in ((0, 0), (0, 5), (3, 9), (10, 10), (1, 30), (25, 12)):
+        expected = 1.0 if b + c == 0 else binomtest(b, b + c, 0.5).pvalue
+        assert abs(mcnemar_exact(b, c) - expected) < 1e-12, (b, c)
+    assert mcnemar_exact(0, 10) < 0.01 and mcnemar_exact(5, 6) > 0.5

@@ -1,16 +1,23 @@
 """Robust accuracy per attack, path and budget; the per-example worst case; gradient-masking checks.
 
-`evaluate_robustness` is pure: a model and test images in, a list of measurement records out.
-Each record: attack, path, norm, eps, n (examples), metric, value. Robust accuracy is the
-fraction of the first n test images the model's own predictor classifies correctly on the
-adversarial example (a clean mistake is never robust).
+`evaluate_robustness` is pure: a model and test images in, a list of measurement records out. Each record:
+attack, path, norm, eps, n (examples), metric, value.
 
-Gradient-masking checks (after Athalye et al. 2018 and Croce & Hein 2020), reported as flags,
-never used to hide a number:
-- nonmonotone: some attack's robust accuracy rises with eps by more than sampling slack;
-- large_eps: at a very large budget PGD (without random start) leaves accuracy clearly above chance;
-- blackbox_stronger: the black-box Square attack beats every white-box L-inf attack by > 5 points;
-- zero_grad: more than 1% of examples have an exactly zero input gradient.
+The judge decides everywhere (judge.py): an image is robust under draw r of the model's noise if the predictor
+classifies it correctly under draw r both clean and attacked. A deterministic model has one draw. Per row:
+- robust_accuracy: the expected robust accuracy, the mean over images and draws;
+- robust_accuracy_all_draws: the share of images robust under every draw;
+- judge_disagreement: the share of attacked images the draws do not agree on.
+The worst case is conservative: an image is robust at eps only if no attack on any path broke it under any draw at
+any budget eps' <= eps (a perturbation within eps' is within eps too). Its per-image outcome is kept as the
+largest budget of the grid at which the image is robust (metric worst_case_radius, bin = its test-set index), from
+which the report computes paired tests between models on the same images.
+
+Minimal-perturbation attacks (C&W) end at a point the judge misclassifies: each perturbation found is scaled up
+along its own direction until the judge's draw calls it wrong, and an image's distance under a draw is the smallest
+such perturbation (0 for a clean mistake, infinite when none was found).
+
+Gradient-masking checks (masking.py) are flags on the rows they doubt, never a reason to hide a number.
 """
 
 from __future__ import annotations
@@ -23,135 +30,142 @@ import torch
 
 from vibbench.core.errors import VibbenchError
 from vibbench.core.progress import log
-from vibbench.evaluation.attacks.adversarial import adversarial_examples, perturbation_norm
+from vibbench.evaluation.attacks import autoattack
+from vibbench.evaluation.attacks.adversarial import adversarial_examples, attack_in_chunks, attack_request, perturbation_norm
 from vibbench.evaluation.attacks.registry import ATTACKS, AttackSpec
 from vibbench.evaluation.attacks.target import input_gradients, paths_for
-from vibbench.evaluation.inference import eval_mode, predict, seeded_noise
+from vibbench.evaluation.inference import eval_mode, seeded_noise
+from vibbench.evaluation.judge import Judge
+from vibbench.evaluation.masking import FLAGS, Key, masking_flags
 from vibbench.evaluation.settings import AttackSettings
 from vibbench.models.classifier import Classifier
 
-FLAGS = ("nonmonotone", "large_eps", "blackbox_stronger", "zero_grad")
-BLACKBOX_MARGIN = 0.05
-LARGE_EPS_MARGIN = 0.10
-ZERO_GRAD_FRACTION = 0.01
-
-Key = tuple[str, str, str, float]  # attack, path, norm, eps
+CW_SCALES = (1.0, 1.02, 1.05, 1.1, 1.2, 1.35, 1.5, 2.0)
+"""How far a C&W perturbation is scaled along its direction to reach a point the judge misclassifies."""
 
 
 def worst_case(robust: dict[Key, torch.Tensor]) -> dict[tuple[str, float], torch.Tensor]:
-    """Per example and norm: robust at eps only if robust against every attack and path at every eps' <= eps.
-
-    A perturbation within eps' is also within eps >= eps', so a point broken at a smaller budget
-    is broken at every larger one. Masks of different lengths (subsets) are cut to the shortest.
-    """
+    """Per example and norm: robust at eps only if robust against every attack and path, under every draw, at every
+    eps' <= eps. Masks are (draws, m) or (m,); masks of different lengths (subsets) are cut to the shortest."""
     by_norm: dict[str, list[Key]] = defaultdict(list)
     for key in robust:
         by_norm[key[2]].append(key)
     out: dict[tuple[str, float], torch.Tensor] = {}
     for norm, keys in by_norm.items():
-        n = min(robust[k].numel() for k in keys)
+        n = min(robust[k].shape[-1] for k in keys)
         alive = torch.ones(n, dtype=torch.bool, device=robust[keys[0]].device)
         for eps in sorted({k[3] for k in keys}):
             for k in keys:
                 if k[3] == eps:
-                    alive &= robust[k][:n]
+                    mask = robust[k][..., :n]
+                    alive &= mask.all(0) if mask.dim() == 2 else mask
             out[(norm, eps)] = alive.clone()
     return out
 
 
-def masking_flags(acc: dict[Key, float], n: dict[Key, int], large: dict[Key, float], zero_grad: dict[str, float], num_classes: int) -> dict[str, bool]:
-    """The four gradient-masking checks from robust accuracies (see the module docstring)."""
-    flags = dict.fromkeys(FLAGS, False)
-    curves: dict[tuple[str, str, str], list[tuple[float, float, int]]] = defaultdict(list)
-    for (attack, path, norm, eps), value in acc.items():
-        curves[(attack, path, norm)].append((eps, value, n[(attack, path, norm, eps)]))
-    for points in curves.values():
-        points.sort()
-        for (_, a, m), (_, b, _) in zip(points, points[1:]):
-            if b > a + max(0.005, 3.0 / m):  # three examples of slack for sampling noise
-                flags["nonmonotone"] = True
-    chance = 1.0 / num_classes
-    flags["large_eps"] = any(v > chance + LARGE_EPS_MARGIN for v in large.values())
-    for (attack, path, norm, eps), value in acc.items():
-        if attack != "square":
-            continue
-        white = [v for (a, p, nm, e), v in acc.items() if p == path and nm == norm and e == eps and ATTACKS[a].white_box and a != "autoattack"]
-        if white and value < min(white) - BLACKBOX_MARGIN:
-            flags["blackbox_stronger"] = True
-    flags["zero_grad"] = any(f > ZERO_GRAD_FRACTION for f in zero_grad.values())
-    return flags
-
-
 @dataclass(frozen=True)
 class AttackRun:
-    """What every attack of one evaluation shares: the model, the first n test images and their labels,
-    the settings, the noise seed, and which images the model classifies correctly unattacked."""
+    """What every attack of one evaluation shares: the model, the images and labels (positions 0..n-1 of the judge),
+    the settings, the noise seed, the judge, and the clean judgement (draws, n)."""
 
     model: Classifier
     x: torch.Tensor
     y: torch.Tensor
     settings: AttackSettings
     seed: int
-    correct: torch.Tensor
+    judge: Judge
+    clean: torch.Tensor
 
     def adversarial(self, attack: str, m: int, eps: float, path: str, **options) -> torch.Tensor:
         """Adversarial versions of the first m images (`options`: random_start, cw_c)."""
         return adversarial_examples(self.model, self.x[:m], self.y[:m], attack, eps, path, self.settings, self.seed, **options)
 
-    def survives(self, adv: torch.Tensor) -> torch.Tensor:
-        """Per example of the first len(adv): robust, i.e. correct on the clean image and on `adv`."""
-        m = adv.shape[0]
-        return self.correct[:m] & (predict(self.model, adv, seed=self.seed) == self.y[:m])
+    def robust(self, adv: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """(draws, len(adv)): image `positions[k]` (default k) is right under the draw clean and attacked."""
+        pos = torch.arange(adv.shape[0]) if positions is None else positions
+        return self.clean[:, pos.to(self.clean.device)] & self.judge.correct(adv, pos)
 
 
 def budgeted_robustness(run: AttackRun, spec: AttackSpec, path: str, m: int) -> dict[Key, torch.Tensor]:
-    """Robust examples under an attack with a budget, at each budget of its grid (the expensive grid if it is expensive)."""
+    """Robust examples (draws, m) under an attack with a budget, at each budget of its grid (the expensive grid if it is expensive)."""
     grid = run.settings.expensive_eps if spec.expensive else run.settings.grid(spec.norm)
-    return {(spec.name, path, spec.norm, eps): run.survives(run.adversarial(spec.name, m, eps, path)) for eps in grid}
+    return {(spec.name, path, spec.norm, eps): run.robust(run.adversarial(spec.name, m, eps, path)) for eps in grid}
 
 
-def minimal_robustness(run: AttackRun, spec: AttackSpec, path: str, m: int) -> tuple[dict[Key, torch.Tensor], float]:
-    """Robust examples under a minimal-perturbation attack at each budget of its norm's grid, and the median
-    distance of the adversarial examples it found. It is run at each c of `cw_cs`; per example the smallest
-    successful perturbation counts."""
-    dist = torch.full((m,), float("inf"), device=run.x.device)
+def ensemble_robustness(run: AttackRun, spec: AttackSpec, path: str, m: int) -> dict[Key, torch.Tensor]:
+    """The AutoAttack ensemble (attacks/autoattack.py) at each expensive budget: its parts run in order, each on the
+    images still robust under some draw; an image's result is the strongest adversarial image found so far (the one
+    fewest draws classify correctly)."""
+    out = {}
+    for eps in run.settings.expensive_eps:
+        robust = run.clean[:, :m].clone()
+        for _, part in autoattack.parts(attack_request(run.model, path, eps, run.settings, run.seed)):
+            todo = robust.any(0).nonzero().flatten()
+            if todo.numel() == 0:
+                break
+            adv = attack_in_chunks(part, run.x[todo.to(run.x.device)], run.y[todo.to(run.y.device)], run.settings.batch_size, run.seed)
+            found = run.robust(adv, todo.cpu())
+            stronger = found.sum(0) < robust[:, todo].sum(0)
+            robust[:, todo[stronger]] = found[:, stronger]
+        out[(spec.name, path, spec.norm, eps)] = robust
+    return out
+
+
+def minimal_robustness(run: AttackRun, spec: AttackSpec, path: str, m: int) -> tuple[dict[Key, torch.Tensor], torch.Tensor]:
+    """Robust examples (draws, m) under a minimal-perturbation attack at each budget of its norm's grid, and the
+    distance (draws, m) of the smallest perturbation the judge's draw misclassifies (0: a clean mistake; inf: none
+    found). The attack runs at each c of `cw_cs`; each perturbation is scaled by CW_SCALES (see the module docstring)."""
+    x = run.x[:m]
+    dist = torch.where(run.clean[:, :m], float("inf"), 0.0)
     for c in run.settings.cw_cs:
-        adv = run.adversarial(spec.name, m, 0.0, path, cw_c=c)
-        fooled = ~run.survives(adv) & run.correct[:m]
-        dist = torch.where(fooled, torch.minimum(dist, perturbation_norm(adv - run.x[:m], spec.norm)), dist)
-    robust = {(spec.name, path, spec.norm, eps): run.correct[:m] & ~(dist <= eps + 1e-6) for eps in run.settings.grid(spec.norm)}
-    found = dist[torch.isfinite(dist)]
-    return robust, float(found.median()) if found.numel() else float("nan")
+        delta = run.adversarial(spec.name, m, 0.0, path, cw_c=c) - x
+        for scale in CW_SCALES:
+            point = (x + scale * delta).clamp(0.0, 1.0)
+            size = perturbation_norm(point - x, spec.norm).to(dist.device)
+            wrong = ~run.judge.correct(point)
+            dist = torch.where(wrong, torch.minimum(dist, size[None]), dist)
+    robust = {(spec.name, path, spec.norm, eps): dist > eps + 1e-6 for eps in run.settings.grid(spec.norm)}
+    return robust, dist
 
 
 def large_eps_accuracy(run: AttackRun, path: str, m: int) -> dict[Key, float]:
-    """Robust accuracy of the first m images under PGD at the very large budgets of `large_eps` (the large_eps check)."""
+    """Expected robust accuracy of the first m images under PGD at the very large budgets of `large_eps`."""
     out: dict[Key, float] = {}
     for norm, eps in run.settings.large_eps:
         # no random start: at such budgets a random start is itself noise that destroys the
         # image and would stand in for a failed attack, hiding masked gradients
         attack = "pgd" if norm == "linf" else "pgd_l2"
         adv = run.adversarial(attack, m, eps, path, random_start=False)
-        out[(attack, path, norm, eps)] = float(run.survives(adv).float().mean())
+        out[(attack, path, norm, eps)] = float(run.robust(adv).float().mean())
     return out
 
 
 def evaluate_robustness(
-    model: Classifier, images: torch.Tensor, labels: torch.Tensor, settings: AttackSettings, *, seed: int = 0, label: str = ""
+    model: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    settings: AttackSettings,
+    *,
+    seed: int = 0,
+    label: str = "",
+    index: torch.Tensor | None = None,
 ) -> list[dict]:
     """Attack `model` on the first `settings.subset` of `images` (the caller passes the run's evaluation set, in
-    its random order; the expensive attacks take its first `expensive_subset`); return measurement records."""
+    its random order, and `index`, the images' indices in the test split, which key the judge's noise; default
+    0..n-1); the expensive attacks take the first `expensive_subset`. Returns measurement records."""
     if images.shape[0] == 0 or settings.subset < 1:
         raise VibbenchError("the evaluation subset is empty: nothing to attack")
     n_all = min(settings.subset, images.shape[0])
     n_exp = min(settings.expensive_subset, n_all)
     x, y = images[:n_all], labels[:n_all]
+    index = (torch.arange(n_all) if index is None else index[:n_all]).cpu()
     robust: dict[Key, torch.Tensor] = {}
     large: dict[Key, float] = {}
     zero_grad: dict[str, float] = {}
-    distances: list[dict] = []
+    distances: dict[Key, torch.Tensor] = {}
     with eval_mode(model):
-        run = AttackRun(model, x, y, settings, seed, correct=predict(model, x, seed=seed) == y)
+        judge = Judge(model, y, index, draws=settings.judge_draws, seed=seed, batch_size=settings.batch_size)
+        run = AttackRun(model, x, y, settings, seed, judge, clean=judge.correct(x))
         for path in paths_for(model):
             with seeded_noise(seed, x.device):  # the EOT path samples: its gradient is reproducible only when seeded
                 grads = input_gradients(model, x[:n_exp], y[:n_exp], path)
@@ -161,36 +175,71 @@ def evaluate_robustness(
                 m = n_exp if spec.expensive else n_all
                 t0 = time.perf_counter()
                 if spec.minimal:
-                    found, median = minimal_robustness(run, spec, path, m)
-                    robust |= found
-                    distances.append(_record(attack, path, spec.norm, float("nan"), m, "median_adv_distance", median))
+                    found, distances[(attack, path, spec.norm, float("nan"))] = minimal_robustness(run, spec, path, m)
+                elif attack == "autoattack":
+                    found = ensemble_robustness(run, spec, path, m)
                 else:
-                    robust |= budgeted_robustness(run, spec, path, m)
+                    found = budgeted_robustness(run, spec, path, m)
+                robust |= found
                 log(f"  {label} {attack} ({path} path): {time.perf_counter() - t0:.1f} s")
             large |= large_eps_accuracy(run, path, n_exp)
-    return distances + summary_records(robust, large, zero_grad, run.correct, n_exp, model.num_classes)
+    return summary_records(robust, large, zero_grad, distances, run.clean, index, n_exp, stochastic=judge.stochastic)
 
 
 def summary_records(
-    robust: dict[Key, torch.Tensor], large: dict[Key, float], zero_grad: dict[str, float], correct: torch.Tensor, n_exp: int, num_classes: int
+    robust: dict[Key, torch.Tensor],
+    large: dict[Key, float],
+    zero_grad: dict[str, float],
+    distances: dict[Key, torch.Tensor],
+    clean: torch.Tensor,
+    index: torch.Tensor,
+    n_exp: int,
+    *,
+    stochastic: bool = False,
 ) -> list[dict]:
-    """Records of robust accuracy per attack, path and budget, the worst case, the large-eps accuracies, the
-    zero-gradient fractions, the clean accuracy and the gradient-masking flags, in that order."""
-    n_all = correct.numel()
+    """Records of robust accuracy per attack, path and budget (expected over draws, under all draws, the judge's
+    disagreement), the minimal attacks' distances, the worst case and its per-image radius, the large-eps
+    accuracies, the zero-gradient fractions, the clean accuracy of every image set measured, and the masking flags."""
+    robust = {k: v if v.dim() == 2 else v[None] for k, v in robust.items()}
+    clean = clean if clean.dim() == 2 else clean[None]
     acc = {k: float(v.float().mean()) for k, v in robust.items()}
-    sizes = {k: v.numel() for k, v in robust.items()}
-    records = [_record(*key, sizes[key], "robust_accuracy", value) for key, value in acc.items()]
-    for (norm, eps), mask in worst_case(robust).items():
+    sizes = {k: v.shape[-1] for k, v in robust.items()}
+    disagreement = {k: float((v.any(0) & ~v.all(0)).float().mean()) for k, v in robust.items()}
+    records = []
+    for key, value in acc.items():
+        records.append(_record(*key, sizes[key], "robust_accuracy", value))
+        records.append(_record(*key, sizes[key], "robust_accuracy_all_draws", float(robust[key].all(0).float().mean())))
+        records.append(_record(*key, sizes[key], "judge_disagreement", disagreement[key]))
+    for (attack, path, norm, _), dist in distances.items():
+        flat = dist.flatten().sort().values
+        attempted = clean[:, : dist.shape[-1]].flatten()
+        records.append(_record(attack, path, norm, float("nan"), dist.shape[-1], "median_adv_distance", float(flat[(flat.numel() - 1) // 2])))
+        success = torch.isfinite(dist.flatten()[attempted]).float().mean() if attempted.any() else torch.tensor(float("nan"))
+        records.append(_record(attack, path, norm, float("nan"), dist.shape[-1], "attack_success_rate", float(success)))
+    worst = worst_case(robust)
+    for (norm, eps), mask in worst.items():
         records.append(_record("worst_case", "all", norm, eps, mask.numel(), "robust_accuracy", float(mask.float().mean())))
+    for norm in sorted({k[0] for k in worst}):
+        grid = sorted(e for nm, e in worst if nm == norm)
+        radius = torch.zeros(worst[(norm, grid[0])].numel())
+        for eps in grid:
+            radius = torch.where(worst[(norm, eps)].cpu(), torch.tensor(eps), radius)
+        for pos, r in enumerate(radius.tolist()):
+            records.append(_record("worst_case", "all", norm, float("nan"), radius.numel(), "worst_case_radius", r) | {"bin": int(index[pos])})
     for (attack, path, norm, eps), value in large.items():
         records.append(_record(attack, path, norm, eps, n_exp, "large_eps_accuracy", value))
     for path, frac in zero_grad.items():
         records.append(_record("gradient", path, "", float("nan"), n_exp, "zero_grad_fraction", frac))
+    n_all = clean.shape[-1]
     for m in sorted({n_all} | set(sizes.values()), reverse=True):  # the clean accuracy of every image set measured
-        records.append(_record("clean", "all", "", 0.0, m, "robust_accuracy", float(correct[:m].float().mean())))
-    flags = masking_flags(acc, sizes, large, zero_grad, num_classes)
-    for flag, on in flags.items():
-        records.append(_record("checks", "all", "", float("nan"), n_all, f"flag_{flag}", float(on)))
+        records.append(_record("clean", "all", "", 0.0, m, "robust_accuracy", float(clean[:, :m].float().mean())))
+        records.append(_record("clean", "all", "", 0.0, m, "robust_accuracy_all_draws", float(clean[:, :m].all(0).float().mean())))
+    flags = masking_flags(
+        acc, sizes, large, zero_grad, disagreement, white_box={a: s.white_box for a, s in ATTACKS.items()}, stochastic=stochastic, large_n=n_exp
+    )
+    for flag in FLAGS:
+        records.append(_record("checks", "all", "", float("nan"), n_all, f"flag_{flag}", float(bool(flags[flag]))))
+        records += [_record(*key, sizes[key], f"flag_{flag}", 1.0) for key in flags[flag]]
     return records
 
 

@@ -105,7 +105,7 @@ def _shift_point(model, images: torch.Tensor, y: torch.Tensor, cfg: EvalConfig, 
 def robustness_records(model, test, cfg: EvalConfig, seed: int, label: str = "") -> list[dict]:
     """The attacks of `cfg.attacks` on the run's robustness set (`subset` images of the evaluation set)."""
     idx = evaluation_indices(test.labels.numel(), cfg.attacks.subset, cfg.subset_seed).to(test.images.device)
-    records = evaluate_robustness(model, test.images[idx], test.labels[idx], cfg.attacks, seed=seed, label=label)
+    records = evaluate_robustness(model, test.images[idx], test.labels[idx], cfg.attacks, seed=seed, label=label, index=idx.cpu())
     return [{"split": "test", "eval_mode": "predictor"} | r for r in records]
 
 

@@ -33,6 +33,9 @@ class AttackSettings:
     apgd_steps: int = 100
     fab_steps: int = 100
     square_queries: int = 5000
+    judge_draws: int = 5  # independent noise draws of a stochastic model's predictor judging each image (evaluation/judge.py)
+    oracle_draws: int = 8  # draws averaged by the oracle a black-box attack queries on a stochastic model's EOT path
+    square_stop_margin: float = 0.2  # on that oracle, Square stops on an image once log p(true) < log p(other) - this
     batch_size: int = 500
 
     def __post_init__(self):
@@ -46,9 +49,11 @@ class AttackSettings:
             check_eps("linf", eps)
         for norm, eps in self.large_eps:
             check_eps(norm, eps)
+        if isinstance(self.square_stop_margin, bool) or not isinstance(self.square_stop_margin, (int, float)) or not 0 <= self.square_stop_margin < 10:
+            raise VibbenchError(f"square_stop_margin must be a number in [0, 10) (a log-probability margin), got {self.square_stop_margin!r}")
         if not self.cw_cs or not all(isinstance(c, (int, float)) and c > 0 for c in self.cw_cs):
             raise VibbenchError(f"cw_cs must be positive numbers, got {self.cw_cs!r}")
-        for name in ("subset", "expensive_subset", "pgd_steps", "eot_iter", "cw_steps", "apgd_steps", "fab_steps", "square_queries", "batch_size"):
+        for name in ("subset", "expensive_subset", "pgd_steps", "eot_iter", "cw_steps", "apgd_steps", "fab_steps", "square_queries", "judge_draws", "oracle_draws", "batch_size"):
             check_positive_int(f"attack setting {name}", getattr(self, name))
 
     def grid(self, norm: str) -> tuple[float, ...]:
@@ -74,10 +79,17 @@ def check_eps(norm: str, eps: float) -> float:
 
 
 def autoattack_label(s: AttackSettings) -> str:
-    """Name the ensemble by what ran; 'AutoAttack (standard)' only when it matches the original's settings."""
+    """Name the ensemble by what ran; "standard" only when it matches the original's settings. Deterministic functions
+    (a deterministic model, a stochastic model's mean path) get the standard version, the EOT path the version for
+    randomized defenses (attacks/autoattack.py)."""
     original = s.apgd_steps == 100 and s.fab_steps == 100 and s.square_queries == 5000
     detail = f"APGD-CE {s.apgd_steps} steps, APGD-T 9x{s.apgd_steps}, FAB-T 9x{s.fab_steps}, Square {s.square_queries} queries"
-    return f"AutoAttack (standard: {detail})" if original else f"AutoAttack-style ensemble ({detail}; the original runs 100/100/5000)"
+    head = f"AutoAttack (standard: {detail})" if original else f"AutoAttack-style ensemble ({detail}; the original runs 100/100/5000)"
+    rand = (
+        f"on the EOT path the version for randomized defenses: APGD-CE and APGD-DLR, {s.apgd_steps} steps, "
+        f"EOT over {s.eot_iter} draws (the original: 100 steps, 20 draws)"
+    )
+    return f"{head}; {rand}; each part attacks the images the judge still finds robust, and the strongest image found is kept"
 
 
 @dataclass(frozen=True)

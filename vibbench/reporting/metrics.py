@@ -26,8 +26,11 @@ COLUMNS = ID_COLUMNS + CONDITION_COLUMNS + ("metric", "value")
 - clean:       split val|test, eval_mode predictor|mean; metric accuracy, error, nll (nats), rate_bits, izy_bits
 - training:    split train, eval_mode training; metric loss, ce, kl (nats), seconds, examples_per_second
 - robustness:  split test, eval_mode predictor, attack (fgsm, pgd, ..., worst_case, clean, checks, gradient),
-               path (direct|mean|eot|all), norm (linf|l2), eps, n; metric robust_accuracy, large_eps_accuracy,
-               median_adv_distance, zero_grad_fraction, flag_nonmonotone|flag_large_eps|flag_blackbox_stronger|flag_zero_grad (0/1)
+               path (direct|mean|eot|all), norm (linf|l2), eps, n; metric robust_accuracy (expected over the judge's
+               draws), robust_accuracy_all_draws, judge_disagreement, large_eps_accuracy, median_adv_distance (inf: most
+               images not broken), attack_success_rate, zero_grad_fraction; worst_case_radius per image (bin = its
+               test-set index; value = the largest budget at which it is robust, 0 if none); flag_<check> (0/1) with
+               attack checks per model, and with value 1 on each row a check doubts (evaluation/masking.py FLAGS)
 - calibration: split test, eval_mode predictor|mean, calibration none|temperature; metric ece, mce, adaptive_ece,
                nll, brier, accuracy, temperature; reliability diagram: bin (0..14), metric reliability_count,
                reliability_accuracy, reliability_confidence, reliability_lower, reliability_upper

@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 
 from vibbench.core.atomic import atomic_write_text
-from vibbench.evaluation.robustness import FLAGS
+from vibbench.evaluation.masking import FLAGS
 from vibbench.reporting.figures import ATTACK_NAMES, FIGURES, MODE_NAMES, NORM_TITLES, SCORE_NAMES, save_figure
 from vibbench.reporting.markdown import markdown_table
+from vibbench.reporting.stats import mcnemar_exact
 from vibbench.reporting.metrics import clean_rows, format_cell, model_order, read_metrics, summary_markdown, tidy_metrics
 from vibbench.reporting.published import published_section
 
@@ -289,19 +290,29 @@ def _robustness_section(d: pd.DataFrame, ctx: dict, embed: Embed) -> list[str]:
 
 
 def _robustness_intro(rob: pd.DataFrame, config: dict) -> list[str]:
-    """What robust accuracy, ε, the worst case and the flags mean; which AutoAttack ran."""
+    """What robust accuracy, the judge, ε, the worst case and the flags mean; which AutoAttack ran."""
     n_max = int(rob.n.max()) if rob.n.notna().any() else None
     subset = _image_set(n_max, config)
+    draws = _get(_eval_section(config), "attacks", "judge_draws")
+    judge = f"{draws} independent noise draws" if draws else "several independent noise draws"
     lines = [
-        f"Robust accuracy in %: the fraction of {subset} that the model's own predictor classifies correctly on the "
-        "adversarial example (a clean mistake never counts as robust). ε is the attack budget: L∞ in pixel scale [0, 1] "
-        "(MNIST's standard is 0.3), L2 as the Euclidean norm of the perturbation over the 28×28 image in the same scale. "
-        "The worst case counts an example as robust at ε only if it survives every attack on every gradient path "
-        "(direct; for stochastic models the mean path z = μ and EOT over the sampled predictor) at every ε' ≤ ε: it is the "
-        "number to quote. The flags are gradient-masking checks (nonmonotone: accuracy rises with ε; large_eps: accuracy "
-        "stays above chance at a huge budget; blackbox_stronger: the black-box Square attack beats the white-box ones; "
-        "zero_grad: over 1% of examples have an exactly zero input gradient); a fired flag means the number may overstate "
-        "robustness.",
+        f"Robust accuracy in %: the share of {subset} that the model's own predictor classifies correctly both clean "
+        "and on the adversarial example. ε is the attack budget: L∞ in pixel scale [0, 1] (MNIST's standard is 0.3), "
+        "L2 as the Euclidean norm of the perturbation over the 28×28 image in the same scale. A stochastic model's "
+        f"predictor is random, so a judge evaluates it under {judge}, with the noise fixed per image (the clean and the "
+        "attacked image share it); a cell shows the expected robust accuracy over images and draws. A deterministic "
+        "model is judged once. Stochastic models are attacked on two gradient paths: the mean path z = μ and the "
+        "sampled predictor with EOT (gradients averaged over draws).",
+        "",
+        "The worst case is the number to quote. It is conservative: an image counts as robust at ε only if no attack, "
+        "on any path, under any of the judge's draws, broke it at any ε' ≤ ε; its clean column is the share of the same "
+        "images classified correctly under every draw. C&W distances are those of points the judge misclassifies "
+        "(failures count as infinite). On a stochastic model's EOT path, Square queries the predictor averaged over "
+        "several draws.",
+        "",
+        "Gradient-masking checks mark the rows they doubt (†) and never hide a number: "
+        + "; ".join(f"{name}: {text}" for name, text in FLAGS.items())
+        + ". A fired flag means the doubted number may overstate robustness.",
     ]
     label = _configured_autoattack_label(config)
     if label and (rob.attack == "autoattack").any():
@@ -314,7 +325,7 @@ def _robustness_intro(rob: pd.DataFrame, config: dict) -> list[str]:
 def _worst_case_tables(rob: pd.DataFrame, ra: pd.DataFrame, labels: list[str]) -> list[str]:
     """Per norm, the worst-case robust accuracy of each model at each ε, with its clean accuracy and fired flags."""
     flags = _flags_by_model(rob)
-    clean = rob[(rob.attack == "clean") & (rob.metric == "robust_accuracy")]
+    clean = rob[(rob.attack == "clean") & rob.metric.isin(["robust_accuracy", "robust_accuracy_all_draws"])]
     wc_all = ra[ra.attack == "worst_case"]
     lines = []
     for norm, title in NORM_TITLES.items():
@@ -330,6 +341,8 @@ def _worst_case_tables(rob: pd.DataFrame, ra: pd.DataFrame, labels: list[str]) -
             c = clean[clean.label == lab]
             if c.n.isin(set(m.n)).any():  # the clean accuracy of the worst case's own images
                 c = c[c.n.isin(set(m.n))]
+            if (c.metric == "robust_accuracy_all_draws").any():  # the worst case's own judgement: under every draw
+                c = c[c.metric == "robust_accuracy_all_draws"]
             rows.append(
                 [f"`{lab}`", _seeds(m), _n(m), _pct_n(c), _n(c)]
                 + [_pct_n(m[_close(m.eps, e)]) for e in eps_list]
@@ -337,6 +350,7 @@ def _worst_case_tables(rob: pd.DataFrame, ra: pd.DataFrame, labels: list[str]) -
             )
         lines += ["", f"**Worst-case robust accuracy, {title} (%, [95% interval])**", ""]
         lines += markdown_table(["model", "seeds", "n", "clean", "n (clean)"] + [_eps(e) for e in eps_list] + ["flags"], rows)
+        lines += _paired_tests(rob, norm, eps_list, labels)
     if wc_all.empty:
         lines += ["", "No worst-case rows: see the per-attack tables."]
         if flags:
@@ -347,7 +361,8 @@ def _worst_case_tables(rob: pd.DataFrame, ra: pd.DataFrame, labels: list[str]) -
 def _per_attack_tables(rob: pd.DataFrame, ra: pd.DataFrame, labels: list[str]) -> list[str]:
     """Per norm, robust accuracy of each model, attack and gradient path at each ε (and the median L2 distance
     of the successful minimal attacks where measured)."""
-    dist = rob[rob.metric == "median_adv_distance"]
+    dist = rob[rob.metric.isin(["median_adv_distance", "attack_success_rate"])]
+    doubt = rob[rob.metric.str.startswith("flag_") & (rob.attack != "checks") & (rob.value >= 0.5)]
     lines = []
     for norm, title in NORM_TITLES.items():
         single = ra[(ra.norm == norm) & (ra.attack != "worst_case")]
@@ -357,28 +372,73 @@ def _per_attack_tables(rob: pd.DataFrame, ra: pd.DataFrame, labels: list[str]) -
         attacks = [a for a in ATTACK_NAMES if a in set(single.attack)] + sorted(set(single.attack) - set(ATTACK_NAMES))
         norm_dist = dist if not dist[dist.norm == norm].empty else None
         rows = [
-            _per_attack_row(single, norm_dist, lab, attack, path, eps_list)
+            _per_attack_row(single, norm_dist, lab, attack, path, eps_list, doubt)
             for lab in labels
             for attack in attacks
             for path in pd.unique(single.path[(single.label == lab) & (single.attack == attack)])
         ]
-        header = ["model", "attack", "path", "n"] + [_eps(e) for e in eps_list] + (["median ‖δ‖₂ of successes"] if norm_dist is not None else [])
-        lines += ["", f"**Per attack and gradient path, {title} (robust accuracy, %, [95% interval])**", ""]
+        header = ["model", "attack", "path", "n"] + [_eps(e) for e in eps_list]
+        if norm_dist is not None:
+            header += ["median ‖δ‖₂ (failures ∞)", "success rate"]
+        lines += ["", f"**Per attack and gradient path, {title} (expected robust accuracy, %, [95% interval]; † doubted by a flag)**", ""]
         lines += markdown_table(header, rows)
+        marked = doubt[doubt.norm == norm]
+        if not marked.empty:
+            notes = [f"`{lab}` {attack} ({path}) at ε {_eps(eps)}: {', '.join(sorted({m[len('flag_'):] for m in g.metric}))}"
+                     for (lab, attack, path, eps), g in marked.groupby(["label", "attack", "path", "eps"], sort=False)]  # fmt: skip
+            lines += ["", "† " + "; ".join(notes) + "."]
     return lines
 
 
 def _per_attack_row(
-    single: pd.DataFrame, dist: pd.DataFrame | None, lab: str, attack: str, path: str, eps_list: list[float]
+    single: pd.DataFrame, dist: pd.DataFrame | None, lab: str, attack: str, path: str, eps_list: list[float], doubt: pd.DataFrame | None = None
 ) -> list[str]:
-    """One model, attack and path: n, robust accuracy per ε, and the median distance unless `dist` is None."""
+    """One model, attack and path: n, robust accuracy per ε (with † where a flag doubts it), and the median distance
+    and success rate unless `dist` is None."""
     m = single[(single.label == lab) & (single.attack == attack) & (single.path == path)]
+    d = doubt[(doubt.label == lab) & (doubt.attack == attack) & (doubt.path == path)] if doubt is not None else None
     row = [f"`{lab}`", attack, path or "—", _n(m)]
-    row += [_pct_n(m[_close(m.eps, e)]) for e in eps_list]
+    row += [_pct_n(m[_close(m.eps, e)]) + (" †" if d is not None and _close(d.eps, e).any() else "") for e in eps_list]
     if dist is not None:
         dd = dist[(dist.label == lab) & (dist.attack == attack) & (dist.path == path)]
-        row.append(_num(dd, 3) if not dd.empty else "—")
+        median, rate = dd[dd.metric == "median_adv_distance"], dd[dd.metric == "attack_success_rate"]
+        row += [_num(median, 3) if not median.empty else "—", _pct(rate, 1) if not rate.empty else "—"]
     return row
+
+
+def _paired_tests(rob: pd.DataFrame, norm: str, eps_list: list[float], labels: list[str]) -> list[str]:
+    """Each model against the deterministic baseline on the same images: the difference in worst-case robust accuracy
+    and an exact McNemar test on the per-image outcomes (metric worst_case_radius), discordant pairs summed over seeds."""
+    radius = rob[(rob.metric == "worst_case_radius") & (rob.norm == norm)]
+    base = "mlp_deterministic"
+    if radius.empty or base not in set(radius.label):
+        return []
+    ref = radius[radius.label == base].set_index(["seed", "bin"]).value
+    rows = []
+    for lab in labels:
+        if lab == base or lab not in set(radius.label):
+            continue
+        other = radius[radius.label == lab].set_index(["seed", "bin"]).value
+        common = ref.index.intersection(other.index)
+        if common.empty:
+            continue
+        cells = []
+        for eps in eps_list:
+            a, b = ref.loc[common] >= eps - 1e-9, other.loc[common] >= eps - 1e-9
+            only_model, only_base = int((b & ~a).sum()), int((a & ~b).sum())
+            diff = 100.0 * (only_model - only_base) / len(common)
+            cells.append(f"{diff:+.1f} (p={mcnemar_exact(only_model, only_base):.2g})")
+        rows.append([f"`{lab}`", str(len(common))] + cells)
+    if not rows:
+        return []
+    return [
+        "",
+        f"Paired against `{base}` on the same images: the difference in worst-case robust accuracy (points) and the exact "
+        "McNemar p-value on the per-image outcomes (seeds pooled). A p-value above 0.05 means the difference is within "
+        "what the sampling of images explains.",
+        "",
+        *markdown_table(["model", "images"] + [_eps(e) for e in eps_list], rows),
+    ]
 
 
 def _checks_table(rob: pd.DataFrame, labels: list[str]) -> list[str]:
@@ -402,8 +462,8 @@ def _checks_table(rob: pd.DataFrame, labels: list[str]) -> list[str]:
     header = ["model", "path", "zero-gradient examples"] + [f"{ATTACK_NAMES.get(a, a)} {NORM_TITLES.get(nm, nm)} {_eps(e)}, no random start" for a, nm, e in budgets]
     return [
         "",
-        "**Gradient-masking checks (%)**: share of examples whose input gradient is exactly zero, and accuracy at a very "
-        "large budget, which should be near chance (10% for 10 classes).",
+        "**Gradient-masking checks (%)**: share of examples whose input gradient is exactly zero, and expected robust "
+        "accuracy at a very large budget, where an attack that works leaves about 0%.",
         "",
         *markdown_table(header, rows),
     ]

@@ -37,3 +37,15 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     low = 0.0 if successes == 0 else max(0.0, center - half)
     high = 1.0 if successes == n else min(1.0, center + half)
     return low, high
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar test (a binomial test of b against b + c at 1/2) of paired 0/1 outcomes on the same
+    examples, where b and c count the discordant pairs (only the first right; only the second right). 1.0 when
+    there are none."""
+    if b < 0 or c < 0:
+        raise ValueError(f"mcnemar_exact needs counts >= 0, got {b} and {c}")
+    n = b + c
+    if n == 0:
+        return 1.0
+    return float(min(1.0, 2.0 * stats.binom.cdf(min(b, c), n, 0.5)))

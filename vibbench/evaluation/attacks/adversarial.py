@@ -32,10 +32,19 @@ def adversarial_examples(
     if images.shape[0] == 0:
         raise VibbenchError("the evaluation subset is empty: nothing to attack (check --attack-subset / max_eval_examples)")
     check_eps(spec.norm, eps)
-    target = AttackTarget(model, path)
-    attack = spec.build(AttackRequest(target, eps, s, seed, getattr(model, "num_classes", 10), random_start, cw_c))
+    attack = spec.build(attack_request(model, path, eps, s, seed, random_start=random_start, cw_c=cw_c))
+    return attack_in_chunks(attack, images, labels, s.batch_size, seed)
+
+
+def attack_request(model: Classifier, path: str, eps: float, s: AttackSettings, seed: int = 0, **options) -> AttackRequest:
+    """What an attack builder is given: the model seen through `path`, the budget, the settings; `options`: random_start, cw_c."""
+    return AttackRequest(AttackTarget(model, path), eps, s, seed, getattr(model, "num_classes", 10), **options)
+
+
+def attack_in_chunks(attack, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int) -> torch.Tensor:
+    """`attack(images, labels)` in chunks of `batch_size` under the noise seed `seed`; the adversarial images, detached."""
     with seeded_noise(seed, images.device):
-        out = [attack(images[i : i + s.batch_size], labels[i : i + s.batch_size]).detach() for i in range(0, images.shape[0], s.batch_size)]
+        out = [attack(images[i : i + batch_size], labels[i : i + batch_size]).detach() for i in range(0, images.shape[0], batch_size)]
     return torch.cat(out)
 
 

@@ -133,6 +133,24 @@ SECTIONS: dict[str, Section] = {
 renders them."""
 
 
+SECTION_SETTINGS: dict[str, tuple[int, Callable[[EvalConfig], dict]]] = {
+    "calibration": (2, lambda c: {"calibration_bins": c.calibration_bins}),
+    "ood": (1, lambda c: {"ood": c.ood}),
+    "shift": (2, lambda c: {k: getattr(c, k) for k in ("corruptions", "severities", "shift_subset", "subset_seed", "calibration_bins")}),
+    "robustness": (2, lambda c: {"attacks": c.attacks.to_dict() if c.attacks else None, "subset_seed": c.subset_seed}),
+}
+"""Per section: its version (raised when its code changes what it measures: calibration 2 = MCE over bins of >= 30
+examples; shift 2 = shot noise over a background level; robustness 2 = the judge) and the evaluation settings it
+reads. A section's cache entry is named by these alone, so a change to one section's settings re-runs that
+section only."""
+
+
+def section_key(section: str, cfg: EvalConfig) -> dict:
+    """What names one section's results besides the trained model: its version and the settings it reads."""
+    version, settings = SECTION_SETTINGS[section]
+    return {"section": section, "version": version, "settings": settings(cfg)}
+
+
 def enabled_sections(cfg: EvalConfig | None) -> list[str]:
     """The sections a run with evaluation settings `cfg` measures (none with --no-eval, i.e. cfg None)."""
     if cfg is None:

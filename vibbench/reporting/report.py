@@ -480,7 +480,8 @@ def _calibration_section(d: pd.DataFrame, ctx: dict, embed: Embed) -> list[str]:
     lines = [
         f"Calibration of the test-set predictions. ECE: expected calibration error with {n_bins} equal-width confidence "
         "bins (the mass-weighted mean |accuracy − confidence| of the top-1 prediction) in percentage points; MCE: the "
-        "largest bin gap; adaptive ECE: the same with equal-mass bins; NLL: mean negative log-likelihood in nats per "
+        "largest gap over the bins holding at least 30 examples (over fewer, a bin's accuracy has a 95% interval wider "
+        "than ±18 points; — when no bin holds 30); adaptive ECE: the same with equal-mass bins; NLL: mean negative log-likelihood in nats per "
         "example; Brier: multi-class Brier score in [0, 2]. Temperature scaling divides the logits by T fitted on the "
         "validation split (minimum NLL); T > 1 means the model was over-confident. The mean mode uses z = μ.",
         "",

@@ -210,7 +210,11 @@ class RunConfig:
 
     def eval_hash(self, spec: ModelSpec, seed: int, section: str) -> str:
         """Names one evaluation section of one trained model: its job and the evaluation settings."""
-        return stable_hash({"job": self.job_hash(spec, seed), "section": section, "eval": self.eval.to_dict() if self.eval else None})
+        from vibbench.evaluation.sections import section_key
+
+        if self.eval is None:
+            raise VibbenchError("this run evaluates nothing (--no-eval): it has no evaluation sections")
+        return stable_hash({"job": self.job_hash(spec, seed)} | section_key(section, self.eval))
 
     def job_hash(self, spec: ModelSpec, seed: int) -> str:
         """Names one trained model: the training config, the model, the seed, the device type."""

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from vibbench.training.precision import cpu_capability, cpu_has_native_bf16
+
 LIBRARIES = ("torch", "torchvision", "torchattacks", "numpy", "pandas", "seaborn", "scipy")
 
 
@@ -66,6 +68,8 @@ def provenance(*, config_hash: str, run_id: str, seeds, device: str, extra: dict
         "device": device,
         "device_name": device_name(device),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_capability": cpu_capability(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
         "platform": platform.platform(),
         "versions": library_versions(),
         "git": git_state(),

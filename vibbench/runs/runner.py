@@ -20,6 +20,7 @@ from vibbench.data.datasets import Dataset, load_dataset
 from vibbench.evaluation.settings import autoattack_label
 from vibbench.evaluation.subsets import evaluation_set_record
 from vibbench.reporting.metrics import summary_markdown, write_metrics
+from vibbench.training.precision import check_native_precision
 from vibbench.reporting.report import write_report
 from vibbench.runs.cache import cached_evaluation, cached_result, check_writable
 from vibbench.runs.config import RunConfig
@@ -57,6 +58,8 @@ def run(
     data_dir = Path(data_dir).absolute() if data_dir is not None else None
     check_writable(out_dir, "output folder")
     check_writable(cache_dir, "cache folder")
+    if train and (executor is None or isinstance(executor, LocalExecutor)):  # the jobs train on this machine
+        check_native_precision(cfg.device, cfg.train.precision)
     with folder_lock(out_dir, "output folder", wait=False):
         # what killed runs left half-written: their temporary files (targets are replaced atomically)
         remove_stale_temps(out_dir, recursive=True)

@@ -52,3 +52,51 @@ def full_disk(monkeypatch):
         pytest.skip("needs /proc/self/fd")
     monkeypatch.setattr(os, "fsync", fsync)
     return full
+
+
+@pytest.fixture
+def plugin_registry():
+    """Backbones, methods and plugin modules a test registers are taken back afterwards (the registry is global)."""
+    import sys
+
+    from vibbench.models.backbones import BACKBONES, CODES, FACTORIES
+    from vibbench.models.methods import METHODS
+    from vibbench.runs.config import _resolve
+
+    tables = (BACKBONES, FACTORIES, CODES, METHODS)
+    saved = [dict(table) for table in tables]
+    modules = set(sys.modules)
+    yield
+    for table, before in zip(tables, saved):
+        table.clear()
+        table.update(before)
+    for name in set(sys.modules) - modules:
+        if name.startswith(("vibbench_plugin_", "vbtest_")):
+            del sys.modules[name]
+    _resolve.cache_clear()  # specs resolved while a plugin was registered
+
+
+TINY_PLUGIN = '''
+import vibbench
+
+
+@vibbench.register_backbone("tiny")
+def make_tiny(dropout: float = 0.0, hidden: int = 32):
+    from torch import nn
+
+    from vibbench.models.layers import Backbone, Dropout
+
+    return Backbone(nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), Dropout(dropout, hidden)), hidden)
+
+
+vibbench.register_method("vib_smooth", stochastic=True, beta=1e-3, label_smoothing=0.1)
+'''
+"""A plugin: a small backbone `tiny` (every method on it: tiny_vib, ...) and a method `vib_smooth` (on every backbone)."""
+
+
+@pytest.fixture
+def tiny_plugin(tmp_path, plugin_registry):
+    """The path of a FILE.py plugin (TINY_PLUGIN), not yet loaded."""
+    path = tmp_path / "tinyplugin.py"
+    path.write_text(TINY_PLUGIN)
+    return path

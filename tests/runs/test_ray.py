@@ -130,3 +130,14 @@ def test_a_failing_job_is_reported_the_others_are_kept_and_a_rerun_resumes(tmp_p
     assert code == 0, err
     assert "ray: 1 job(s) submitted" in err and "mlp_dropout seed 0: trained model cached" in err
     assert (out / "metrics.csv").exists()
+
+
+def test_a_plugin_model_trains_on_ray_workers_beside_a_builtin(tmp_path, tiny_plugin, ray_instance, capsys):
+    """The workers import the run's recorded plugin (a FILE.py on a path they reach) before resolving its models."""
+    code, out = on_ray(tmp_path, "--plugin", str(tiny_plugin), "--models", "mlp_deterministic", "tiny_vib", "--no-eval")
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "ray: 2/2 jobs done, 0 running, 0 failed" in err
+    cfg = make_run_config("smoke", models=["tiny_vib"], dataset="synthetic", device="cpu", evaluate=False, plugins=[str(tiny_plugin)])
+    assert (job_dir(tmp_path / "cache", cfg.job_hash(cfg.models[0], 0)) / "model.pt").is_file()
+    assert "tiny_vib" in (out / "metrics.csv").read_text()

@@ -14,11 +14,15 @@ Hyperparameters and their sources:
   grid-search {0.1, 0.3, 0.5, 1, 2, 4, 8} and do not publish the MNIST pick; we take the
   grid's smallest value, which keeps the penalty a mild regularizer as in their figures).
 - vib: beta = 1e-3, the paper's headline MNIST setting (Alemi et al. 2017, Table 1).
+
+`register_method` adds a method of your own: a new combination of these regularizers under a new name
+(a new loss term needs a change in `vibbench.training.losses`); every backbone gets it as `<backbone>_<method>`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 from vibbench.core.errors import VibbenchError
@@ -70,3 +74,40 @@ METHODS: dict[str, Method] = {
         Method("vib", stochastic=True, beta=1e-3),
     )
 }
+
+BUILTIN_METHODS = frozenset(METHODS)
+"""vibbench's own methods; the others come from plugins."""
+
+METHOD_NAME = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
+"""Lowercase words joined by single underscores (a model is named `<backbone>_<method>`)."""
+
+
+def register_method(method: Method | str, **fields) -> Method:
+    """Register a method under its name; every backbone then has it as `<backbone>_<method>`. Returns the Method.
+
+        register_method(Method("vib_smooth", stochastic=True, beta=1e-3, label_smoothing=0.1))
+        register_method("vib_smooth", stochastic=True, beta=1e-3, label_smoothing=0.1)   # the same
+
+    Its hyperparameters (beta, dropout, label_smoothing, confidence_penalty) are its defaults, and `create_model`
+    overrides them as for the built-in methods. A name already registered is refused."""
+    if isinstance(method, str):
+        known = [f.name for f in dataclasses.fields(Method) if f.name != "name"]
+        unknown = sorted(set(fields) - set(known))
+        if unknown:
+            raise VibbenchError(f"register_method({method!r}): unknown field(s) {', '.join(unknown)}; a method has {', '.join(known)}")
+        method = Method(method, **fields)
+    elif fields:
+        raise VibbenchError("register_method: give a Method, or a name and its fields, not both")
+    if not isinstance(method, Method):
+        raise VibbenchError(f"register_method takes a vibbench Method or a name, got {method!r}")
+    if not isinstance(method.name, str) or not METHOD_NAME.fullmatch(method.name):
+        raise VibbenchError(
+            f"method name {method.name!r} refused: use lowercase words of letters and digits joined by single underscores, "
+            "starting with a letter (models are named <backbone>_<method>)"
+        )
+    if method.name in METHODS:
+        if METHODS[method.name] == method:
+            return METHODS[method.name]  # the same method again: nothing changes
+        raise VibbenchError(f"method {method.name!r} is already registered ({METHODS[method.name]}); choose another name")
+    METHODS[method.name] = method
+    return method

@@ -15,6 +15,8 @@ from vibbench.evaluation.settings import AttackSettings, EvalConfig
 from vibbench.training.config import TrainConfig
 from vibbench.core.errors import VibbenchError, unknown_name_message
 from vibbench.core.hashing import stable_hash
+from vibbench.models.backbones import backbone_code
+from vibbench.models.plugins import load_plugins
 from vibbench.models.registry import ARCHITECTURE_OPTIONS, check_model, create_model, list_models
 from vibbench.models.methods import HYPERPARAMETERS
 
@@ -52,13 +54,15 @@ class ModelSpec:
         return create_model(self.name, **dict(self.overrides))
 
     def resolved(self) -> dict:
-        """Everything that determines the model: the method's hyperparameters and the architecture."""
+        """Everything that determines the model: the method's hyperparameters and the architecture; for a backbone
+        of a plugin also the SHA-256 of the file that defines it (`backbone_code`), so an edited plugin retrains."""
         return dict(_resolve(self))
 
 
 @functools.cache
 def _resolve(spec: ModelSpec) -> tuple:
     model = spec.build()
+    code = backbone_code(model.backbone_name)
     return tuple(
         {
             "name": spec.name,
@@ -66,6 +70,7 @@ def _resolve(spec: ModelSpec) -> tuple:
             "backbone": model.backbone_name,
             **model.method.hyperparameters,
             **{k: getattr(model, k) for k in ARCHITECTURE_OPTIONS},
+            **({"backbone_code": code} if code is not None else {}),  # vibbench's own backbones: as before
         }.items()
     )
 
@@ -77,7 +82,10 @@ def parse_model_specs(patterns: list[str] | tuple[str, ...]) -> tuple[ModelSpec,
         pattern, _, opts = entry.partition(":")
         names = list_models(pattern)
         if not names:
-            raise VibbenchError(unknown_name_message("model or pattern", pattern, list_models()) + " (see `vibbench list`)")
+            raise VibbenchError(
+                unknown_name_message("model or pattern", pattern, list_models())
+                + " (see `vibbench list`; models of your own backbones or methods need --plugin MODULE)"
+            )
         overrides = []
         for item in filter(None, opts.split(",")):
             key, eq, value = item.partition("=")
@@ -188,9 +196,13 @@ class RunConfig:
     seeds: tuple[int, ...]
     device: str = "cpu"  # resolved: "cpu" or "cuda"
     eval: EvalConfig | None = None  # None: clean accuracy only
+    plugins: tuple[str, ...] = ()
+    """Modules imported before the models resolve (--plugin; vibbench.models.plugins): names, or files' absolute paths.
+    Every process that runs a job imports them first. Recorded in config.json, not in the hash: a plugin's
+    models are named in `models`, with the hash of their backbone's code."""
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "profile": self.profile,
             "train": self.train.to_dict(),
             "eval": self.eval.to_dict() if self.eval else None,
@@ -199,10 +211,13 @@ class RunConfig:
             "device": self.device,
             "cache_format": CACHE_FORMAT,
         }
+        if self.plugins:
+            d["plugins"] = list(self.plugins)
+        return d
 
     @property
     def config_hash(self) -> str:
-        return stable_hash(self.to_dict())
+        return stable_hash({k: v for k, v in self.to_dict().items() if k != "plugins"})
 
     @property
     def run_id(self) -> str:
@@ -248,10 +263,13 @@ def make_run_config(
     evaluate: bool = True,
     local_device: bool = True,
     train: dict | None = None,
+    plugins=(),
 ) -> RunConfig:
     """Resolve a profile plus overrides (None means: the profile's value); `train` overrides
     fields of the profile's TrainConfig, e.g. {"batch_size": 50, "lr": 1e-3}; local_device=False:
-    the jobs run elsewhere, so device cuda needs no GPU on this machine."""
+    the jobs run elsewhere, so device cuda needs no GPU on this machine; `plugins`: modules (names or
+    FILE.py paths) imported before the models resolve, recorded so that every job's process imports them."""
+    plugins = load_plugins(plugins)
     if profile not in PROFILES:
         raise VibbenchError(unknown_name_message("profile", profile, tuple(PROFILES)))
     prof = PROFILES[profile]
@@ -270,4 +288,5 @@ def make_run_config(
         seeds=tuple(range(seeds or prof.seeds)),
         device=resolve_device(device, local_device),
         eval=prof.eval if evaluate else None,
+        plugins=plugins,
     )

@@ -19,6 +19,8 @@ import torch
 
 from vibbench.core.errors import VibbenchError, check_positive_int, unknown_name_message
 from vibbench.core.progress import log
+from vibbench.models.plugins import registered_outside
+from vibbench.models.registry import check_model
 from vibbench.runs.cache import job_dir
 from vibbench.runs.config import RunConfig
 from vibbench.runs.jobs import Job, deterministic, job_data, run_unit
@@ -108,6 +110,7 @@ class RayExecutor:
         is reported, the others finish, then a VibbenchError names the failed ones."""
         if not units:
             return {}
+        _check_plugins_recorded(cfg)
         ray = self.ray
         with self._connection():
             self._check_feasible()
@@ -196,6 +199,24 @@ class RayExecutor:
                 "rerun the same command to resume (only the failed jobs run again)"
             )
         return results
+
+
+def _check_plugins_recorded(cfg: RunConfig) -> None:
+    """Workers import the run's recorded plugins (`cfg.plugins`) before its models resolve; a model registered in
+    this process by a module the run does not record (imported in Python, not loaded with --plugin) would be
+    unknown there, so it is refused here, before any task starts."""
+    if cfg.plugins:
+        return
+    foreign = []
+    for spec in cfg.models:
+        backbone, method, _ = check_model(spec.name)
+        if registered_outside(backbone, method.name):
+            foreign.append(spec.label)
+    if foreign:
+        raise VibbenchError(
+            f"{', '.join(foreign)} come(s) from a backbone or method registered in this process, which Ray workers do not "
+            "know: load the module that registers it with --plugin MODULE (in Python: make_run_config(..., plugins=[MODULE]))"
+        )
 
 
 class _Starts:

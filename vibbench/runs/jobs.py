@@ -25,6 +25,7 @@ from vibbench.core.progress import log
 from vibbench.data.datasets import Dataset, Split, load_dataset
 from vibbench.evaluation.clean import clean_metrics
 from vibbench.evaluation.sections import OOD_PAIRS, SECTIONS, EvalInputs, enabled_sections, noise_images
+from vibbench.models.plugins import load_plugins
 from vibbench.runs.cache import (
     RESULT_FORMAT,
     cached_result,
@@ -115,26 +116,27 @@ def job_data(cfg: RunConfig, data_dir: Path | None, dataset: Dataset | None = No
 # ----------------------------------------------------------------------------- models
 
 
-def build_model(spec: ModelSpec, seed: int, cfg: RunConfig, num_classes: int):
-    """The model of (spec, seed): same seed and architecture -> same initial weights."""
+def build_model(spec: ModelSpec, seed: int, cfg: RunConfig, num_classes: int | None, device: str | None = None):
+    """The model of (spec, seed) on `device` (default: the run's): same seed and architecture -> same initial
+    weights. num_classes: the dataset's, checked against the model's (None: not checked)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = spec.build()
-    if model.num_classes != num_classes:
+    if num_classes is not None and model.num_classes != num_classes:
         raise VibbenchError(f"{spec.label} predicts {model.num_classes} classes but {cfg.train.dataset} has {num_classes}")
     model.eval_samples = cfg.train.eval_samples
     model.train_samples = cfg.train.train_samples
-    return model.to(cfg.device)
+    return model.to(device or cfg.device)
 
 
-def load_trained(cfg: RunConfig, spec: ModelSpec, seed: int, cache_dir: Path, num_classes: int = 10):
-    """The trained (EMA) model of a finished job, verified against its config."""
+def load_trained(cfg: RunConfig, spec: ModelSpec, seed: int, cache_dir: Path, num_classes: int | None = 10, device: str | None = None):
+    """The trained (EMA) model of a finished job, verified against its config, in eval mode on `device` (default: the run's)."""
     h = cfg.job_hash(spec, seed)
     path = job_dir(cache_dir, h) / "model.pt"
     if not path.exists():
         raise VibbenchError(f"{spec.label} (seed {seed}) has not been trained in {cache_dir}; run `vibbench run` first")
-    model = build_model(spec, seed, cfg, num_classes)
-    model.load_state_dict(load_checkpoint(path, h, map_location=cfg.device))
+    model = build_model(spec, seed, cfg, num_classes, device)
+    model.load_state_dict(load_checkpoint(path, h, map_location=device or cfg.device))
     return model.eval()
 
 
@@ -282,7 +284,9 @@ def run_unit(cfg: RunConfig, members: list[Job], cache_dir: Path, data_dir: Path
     Its arguments are plain picklable values, so an executor may run it in another process or on
     another machine: it loads the data itself unless `data` (a `job_data` pair) is given; every file
     it writes goes to the job folders under `cache_dir`. Returns (result record, evaluation records)
-    per member, in order."""
+    per member, in order. The run's plugins are imported first (already imported ones are skipped), so that a
+    process of another executor knows their models."""
+    load_plugins(cfg.plugins)
     data, ood = data if data is not None else job_data(cfg, data_dir)
     records = train_jobs(cfg, members, data, cache_dir, trainer)
     return [(records[job], evaluate_job(cfg, *job, data, ood, cache_dir)) for job in members]

@@ -13,10 +13,14 @@ __version__ = "0.1.0"
 _API = {
     "Classifier": "vibbench.models.classifier",
     "ForwardDetails": "vibbench.models.classifier",
+    "Method": "vibbench.models.methods",
     "VibbenchError": "vibbench.core.errors",
     "create_model": "vibbench.models.registry",
     "kl_divergence": "vibbench.models.head",
     "list_models": "vibbench.models.registry",
+    "load_model": "vibbench.runs.trained",
+    "register_backbone": "vibbench.models.backbones",
+    "register_method": "vibbench.models.methods",
     "reparameterize": "vibbench.models.head",
 }
 

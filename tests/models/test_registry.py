@@ -105,17 +105,24 @@ def test_mean_mode_is_deterministic_and_sampling_is_not():
 def test_public_api():
     """vibbench re-exports exactly these names, each the very object its module defines; nothing else."""
     import vibbench.core.errors
+    import vibbench.models.backbones
     import vibbench.models.classifier
     import vibbench.models.head
+    import vibbench.models.methods
     import vibbench.models.registry
+    import vibbench.runs.trained
 
     defined_in = {
         "Classifier": vibbench.models.classifier,
         "ForwardDetails": vibbench.models.classifier,
+        "Method": vibbench.models.methods,
         "VibbenchError": vibbench.core.errors,
         "create_model": vibbench.models.registry,
         "kl_divergence": vibbench.models.head,
         "list_models": vibbench.models.registry,
+        "load_model": vibbench.runs.trained,
+        "register_backbone": vibbench.models.backbones,
+        "register_method": vibbench.models.methods,
         "reparameterize": vibbench.models.head,
     }
     assert sorted(vibbench.__all__) == sorted(defined_in)

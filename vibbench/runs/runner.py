@@ -71,7 +71,7 @@ def run(
         )
         executor = executor or LocalExecutor()
         trainer, results = _run_jobs(cfg, cache_dir, data_dir, retrain, train, trainer, executor, dataset)
-        _write_outputs(cfg, out_dir, dataset, results, trainer, executor, started, git_at_start)
+        _write_outputs(cfg, out_dir, cache_dir, dataset, results, trainer, executor, started, git_at_start)
         log(f"wrote {out_dir} in {time.perf_counter() - started:.0f} s")
     return out_dir
 
@@ -94,7 +94,9 @@ def _run_jobs(cfg, cache_dir, data_dir, retrain, train, trainer, executor, datas
     return trainer, results
 
 
-def _write_outputs(cfg: RunConfig, out_dir: Path, dataset: Dataset, results: dict, trainer: str, executor: Executor, started: float, git_at_start: dict) -> None:
+def _write_outputs(
+    cfg: RunConfig, out_dir: Path, cache_dir: Path, dataset: Dataset, results: dict, trainer: str, executor: Executor, started: float, git_at_start: dict
+) -> None:
     """metrics.csv, config.json, evaluation_set.json, options.json, summary.md, provenance.json and the report, in this order."""
     rows = []
     for seed in cfg.seeds:
@@ -116,6 +118,7 @@ def _write_outputs(cfg: RunConfig, out_dir: Path, dataset: Dataset, results: dic
         "profile": cfg.profile,
         "options": options,
         "wall_seconds": time.perf_counter() - started,
+        "cache_dir": str(cache_dir),  # where its trained models are: vibbench.load_model and `vibbench export` look there
         "dataset": {"name": dataset.name, "source": dataset.source, "sha256": dataset.sha256},
         "training_path": {"population": "populations (torch.func vmap over stacked parameters)", "single": "one model at a time"}[trainer],
         "executor": executor.describe(),

@@ -1,4 +1,4 @@
-"""The `vibbench` command line: run, eval, report, bench, list, data.
+"""The `vibbench` command line: run, eval, report, show, export, bench, list, data.
 
 Each subcommand imports what it needs when it runs, so `vibbench --help` and `vibbench list` load no
 more than they use. The options of run, eval and data are added to their parsers only when that
@@ -61,8 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild report.md and figures/ of a results folder from its metrics.csv alone")
     report.add_argument("run_dir", type=Path, metavar="DIR")
 
+    show = sub.add_parser("show", help="print a results folder's summary, run id, wall time and where its report is")
+    show.add_argument("run_dir", type=Path, metavar="DIR")
+
+    sub.add_parser("export", help="write a trained model of a run to a file: its state_dict and the create_model spec", build=_export_parser)
+
     lst = sub.add_parser("list", help="print the model registry")
     lst.add_argument("patterns", nargs="*", metavar="PATTERN")
+    _plugin_option(lst)
 
     from vibbench.bench.command import add_bench_parser
 
@@ -81,6 +87,22 @@ def _run_parser(run: argparse.ArgumentParser) -> None:
 def _eval_parser(evaluate: argparse.ArgumentParser) -> None:
     _run_options(evaluate)
     _executor_options(evaluate)
+
+
+def _plugin_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plugin", action="append", default=[], metavar="MODULE",
+        help="import MODULE (a dotted module name or a FILE.py path) first; it may register backbones and methods (repeatable)",
+    )
+
+
+def _export_parser(export: argparse.ArgumentParser) -> None:
+    export.add_argument("run_dir", type=Path, metavar="DIR", help="the results folder of the run")
+    export.add_argument("model", metavar="MODEL", help="the model's label in the run, e.g. mlp_vib or mlp_vib:beta=0.01")
+    export.add_argument("--seed", type=int, default=0, help="which seed's model (default 0)")
+    export.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="the file to write (a torch.save, loads with weights_only=True)")
+    export.add_argument("--cache-dir", type=Path, help="the run cache holding the model (default: the one the run recorded, else the default cache folder)")
+    _plugin_option(export)
 
 
 def _data_parser(data: argparse.ArgumentParser) -> None:
@@ -107,6 +129,7 @@ def _run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--data-dir", type=Path, help="datasets (default: $VIBBENCH_DATA_DIR, else $XDG_CACHE_HOME/vibbench/data, else ~/.cache/vibbench/data)")
     run.add_argument("--precision", help="training precision: fp32 (the default) or bf16 (autocast; evaluation stays fp32)")
     run.add_argument("--no-eval", action="store_true", help="clean accuracy only: skip robustness, calibration, OOD and shift")
+    _plugin_option(run)
 
 
 def _executor_options(run: argparse.ArgumentParser) -> None:
@@ -144,12 +167,16 @@ def run_options(args) -> dict:
 
 
 def cmd_run(args) -> None:
+    import dataclasses
+
+    from vibbench.models.plugins import load_plugins
     from vibbench.runs.config_file import run_config_from_options
     from vibbench.runs.executors import make_executor
     from vibbench.runs.jobs import resolve_trainer
     from vibbench.runs.runner import run
 
-    cfg = run_config_from_options(run_options(args), local_device=args.executor != "ray")
+    plugins = load_plugins(args.plugin)  # before the models are resolved; the jobs' processes import them too
+    cfg = dataclasses.replace(run_config_from_options(run_options(args), local_device=args.executor != "ray"), plugins=plugins)
     train = args.command == "run"
     if train:
         resolve_trainer(args.trainer, cfg.device)  # a bad --trainer fails before anything runs
@@ -176,9 +203,24 @@ def cmd_report(args) -> None:
     print(write_report(args.run_dir))
 
 
+def cmd_show(args) -> None:
+    from vibbench.runs.folder import show_run
+
+    print(show_run(args.run_dir), end="")
+
+
+def cmd_export(args) -> None:
+    from vibbench.runs.trained import export_model
+
+    path = export_model(args.run_dir, args.model, args.seed, args.output, cache_dir=args.cache_dir, plugins=args.plugin)
+    print(path)
+
+
 def cmd_list(args) -> None:
+    from vibbench.models.plugins import load_plugins
     from vibbench.models.registry import check_model, list_models
 
+    load_plugins(args.plugin)
     names = list_models(args.patterns or None)
     if args.patterns and not names:
         shown = " ".join(args.patterns)  # every pattern matched nothing; the message lists all models
@@ -206,7 +248,8 @@ def cmd_bench(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"run": cmd_run, "eval": cmd_run, "report": cmd_report, "list": cmd_list, "data": cmd_data, "bench": cmd_bench}[args.command](args)
+        commands = {"run": cmd_run, "eval": cmd_run, "report": cmd_report, "show": cmd_show, "export": cmd_export, "list": cmd_list, "data": cmd_data, "bench": cmd_bench}
+        commands[args.command](args)
     except VibbenchError as exc:
         print(f"vibbench: error: {exc}", file=sys.stderr)
         return 2

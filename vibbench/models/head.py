@@ -8,10 +8,12 @@ KL(N(mu, diag std^2) || N(0, I)) = 0.5 * sum_k (mu_k^2 + std_k^2 - 2 log std_k -
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-from vibbench.core.errors import check_positive_int
+from vibbench.core.errors import VibbenchError, check_positive_int
 
 STD_SHIFT = 5.0
 """softplus(s - 5): the paper's shift, so the initial std is about 0.0067."""
@@ -36,19 +38,68 @@ def std_from_preactivation(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return F.softplus(t), log_softplus(t)
 
 
-def kl_divergence(mu: torch.Tensor, std: torch.Tensor, log_std: torch.Tensor | None = None) -> torch.Tensor:
+def kl_divergence(
+    mu: torch.Tensor, std: torch.Tensor, log_std: torch.Tensor | None = None, *, validate: bool = True
+) -> torch.Tensor:
     """Per-example KL(N(mu, diag std^2) || N(0, I)) in nats, summed over the latent dimension.
 
     mu, std: (..., K). Returns shape (...), e.g. (B,) for a batch. Pass `log_std` when you have it
     (see `std_from_preactivation`): it stays finite where std itself underflows to 0. Without it,
     std is clamped to the smallest positive float so that the result is finite, if large.
     Summing over K (not averaging) matters: a mean over dimensions silently divides beta by K.
+
+    Refused with a VibbenchError (a ValueError): shapes that differ, a negative std, and a `log_std` that
+    disagrees with log(std) wherever std is a normal positive float (beyond LOG_STD_TOLERANCE, scaled up for
+    half-precision dtypes): a log variance passed as log_std, say. `validate=False` skips the value checks
+    (a few elementwise passes and, on CUDA, a sync: on the 2-core CPU 0.15 ms against 0.03 ms for the KL itself
+    at (100, 256)); the model's own forward skips them, since it computes std and log_std together.
     """
     if mu.shape != std.shape:
-        raise ValueError(f"mu and std must have the same shape, got {tuple(mu.shape)} and {tuple(std.shape)}")
+        raise VibbenchError(f"mu and std must have the same shape, got {tuple(mu.shape)} and {tuple(std.shape)}")
+    if log_std is not None and log_std.shape != std.shape:
+        raise VibbenchError(f"log_std must have std's shape {tuple(std.shape)}, got {tuple(log_std.shape)}")
+    if validate:
+        _check_std(std.detach(), None if log_std is None else log_std.detach())
     if log_std is None:
         log_std = std.clamp_min(torch.finfo(std.dtype).tiny).log()
     return 0.5 * (mu.square() + std.square() - 2.0 * log_std - 1.0).sum(dim=-1)
+
+
+LOG_STD_TOLERANCE = 1e-4
+"""How far log_std may lie from log(std), in nats, absolute plus relative, for float32 and float64; for float16 and
+bfloat16 eight times the dtype's epsilon."""
+
+
+def _check_std(std: torch.Tensor, log_std: torch.Tensor | None) -> None:
+    if std.numel() == 0:
+        return
+    if log_std is None:
+        if float(std.amin()) < 0:  # NaN passes: it shows in the result
+            _refuse_negative(std)
+        return
+    tiny = torch.finfo(std.dtype).tiny
+    tol = max(LOG_STD_TOLERANCE, 8 * torch.finfo(std.dtype).eps, 8 * torch.finfo(log_std.dtype).eps)
+    ref = std.clamp_min(tiny).log()
+    # where std is a normal positive float, log(std) is exact enough to compare; elsewhere (0, subnormal) log_std rules
+    off = ((log_std - ref).abs() > tol * (1.0 + ref.abs())) & (std >= tiny)
+    negative, disagree = torch.stack([std.amin() < 0, off.any()]).tolist()
+    if negative:
+        _refuse_negative(std)
+    if disagree:
+        i = int(off.flatten().nonzero()[0])
+        s, ls = float(std.flatten()[i]), float(log_std.flatten()[i])
+        hint = " (that is 2 log std: pass log std, not the log variance)" if abs(ls - 2 * math.log(s)) <= tol * (1 + abs(ls)) else ""
+        raise VibbenchError(
+            f"kl_divergence: log_std disagrees with log(std) in {int(off.sum())} of {std.numel()} entries, e.g. "
+            f"std {s:.6g} has log {math.log(s):.6g} but log_std is {ls:.6g}{hint}; pass log_std = log(std), or leave it out"
+        )
+
+
+def _refuse_negative(std: torch.Tensor) -> None:
+    raise VibbenchError(
+        f"kl_divergence: std must be >= 0; {int((std < 0).sum())} of {std.numel()} entries are negative "
+        f"(min {float(std.amin()):.6g}): pass a standard deviation, e.g. softplus(s) or exp(log_std), not a mean or a log"
+    )
 
 
 def reparameterize(

@@ -29,7 +29,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from vibbench.core.errors import VibbenchError
 from vibbench.core.progress import log
 from vibbench.models.layers import Dropout
-from vibbench.models.classifier import Classifier
+from vibbench.models.classifier import Classifier, check_pixels
 from vibbench.training.config import TrainConfig
 from vibbench.training.loop import Checkpointing, LoopState, TrainResult, resume, run_epochs
 from vibbench.training.losses import training_loss
@@ -67,6 +67,9 @@ class _PopulationStep:
             mod.train()
         params, self.buffers = stack_module_state(member_steps)
         base = copy.deepcopy(member_steps[0]).to("meta")
+        if images.is_floating_point():
+            check_pixels(images, "the training images")  # once here, instead of once per step (a sync on CUDA)
+        base.model.check_inputs = False
         for layer in base.modules():
             if isinstance(layer, Dropout):
                 layer.max_rate = max(m.method.dropout for m in models)

@@ -14,7 +14,7 @@ import torch
 
 from vibbench.core.errors import VibbenchError
 from vibbench.core.progress import log
-from vibbench.models.classifier import Classifier
+from vibbench.models.classifier import Classifier, check_pixels
 from vibbench.training.config import TrainConfig
 from vibbench.training.loop import Checkpointing, LoopState, TrainResult, resume, run_epochs
 from vibbench.training.losses import training_loss
@@ -49,10 +49,14 @@ def train_model(
         log(f"{label}: resuming from the checkpoint after epoch {state.epoch}")
     model.train()
     step = partial(_step, model, images, labels, cfg, noise)
+    if images.is_floating_point():
+        check_pixels(images, f"the training images of {label}")  # once here, instead of once per step (a sync on CUDA)
+    checking, model.check_inputs = model.check_inputs, False
     try:
         run_epochs(state, cfg, images, step, name=label, labels=[label], checkpoint=checkpoint)
     finally:
         set_dropout_noise(model, [])
+        model.check_inputs = checking
     with torch.no_grad():
         for p, e in zip(params, state.ema):
             p.copy_(e)

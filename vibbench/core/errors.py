@@ -56,3 +56,22 @@ def check_positive_int(name: str, value, *, allow_none: bool = False) -> int | N
         either = " or null" if allow_none else ""
         raise VibbenchError(f"{name} must be a positive integer{either}, got {value!r}")
     return value
+
+
+def check_real(name: str, value, *, low: float, high: float | None = None, high_open: bool = True, where: str = ""):
+    """`value` if it is a finite real number in [low, high) (or [low, high] with high_open=False; no upper bound when
+    high is None), else a VibbenchError naming `name`, the value and the range: "beta must be >= 0, got -1.0",
+    "beta must be >= 0 and finite, got inf", "dropout must be in [0, 1), got 'x' (a str, not a number)". Booleans
+    and strings are not numbers here. `where` (e.g. " (model 'mlp_vib')") ends the message."""
+    import math
+    import numbers
+
+    bound = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}{')' if high_open else ']'}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise VibbenchError(f"{name} must be {bound}, got {value!r} (a {type(value).__name__}, not a number){where}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise VibbenchError(f"{name} must be {bound}{' and finite' if high is None else ''}, got {value!r}{where}")
+    if v < low or (high is not None and (v >= high if high_open else v > high)):
+        raise VibbenchError(f"{name} must be {bound}, got {value!r}{where}")
+    return value

@@ -25,7 +25,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
-from vibbench.core.errors import VibbenchError
+from vibbench.core.errors import VibbenchError, check_real
 
 
 @dataclass(frozen=True)
@@ -40,17 +40,9 @@ class Method:
     confidence_penalty: float = 0.0  # weight of -H(p(y|x)), nats
 
     def __post_init__(self):
-        checks = {
-            "beta": self.beta >= 0.0,
-            "dropout": 0.0 <= self.dropout < 1.0,
-            "label_smoothing": 0.0 <= self.label_smoothing < 1.0,
-            "confidence_penalty": self.confidence_penalty >= 0.0,
-        }
-        allowed = {"beta": ">= 0", "dropout": "in [0, 1)", "label_smoothing": "in [0, 1)", "confidence_penalty": ">= 0"}
-        for field, ok in checks.items():
-            value = getattr(self, field)
-            if not (ok and value == value):  # value == value rejects NaN
-                raise VibbenchError(f"{field} must be {allowed[field]}, got {value!r} (method {self.name!r})")
+        # finite numbers only (no inf, NaN, bool or str): "beta must be >= 0 and finite, got inf (method 'vib')"
+        for field, (low, high) in HYPERPARAMETER_RANGES.items():
+            check_real(field, getattr(self, field), low=low, high=high, where=f" (method {self.name!r})")
         if self.beta > 0.0 and not self.stochastic:
             raise VibbenchError(f"beta only applies to VIB models; method {self.name!r} has no KL term")
 
@@ -63,6 +55,9 @@ class Method:
 
 
 HYPERPARAMETERS = ("beta", "dropout", "label_smoothing", "confidence_penalty")
+
+HYPERPARAMETER_RANGES = {"beta": (0.0, None), "dropout": (0.0, 1.0), "label_smoothing": (0.0, 1.0), "confidence_penalty": (0.0, None)}
+"""The valid values of each hyperparameter: (low, high), low <= value < high; high None: any finite value >= low."""
 
 METHODS: dict[str, Method] = {
     m.name: m

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import fnmatch
 
 from vibbench.models.backbones import BACKBONES
-from vibbench.core.errors import VibbenchError, unknown_name_message
-from vibbench.models.methods import HYPERPARAMETERS, METHODS, Method
+from vibbench.core.errors import VibbenchError, check_positive_int, check_real, unknown_name_message
+from vibbench.models.methods import HYPERPARAMETER_RANGES, HYPERPARAMETERS, METHODS, Method
 
 if TYPE_CHECKING:
     from vibbench.models.classifier import Classifier
@@ -51,7 +51,11 @@ def create_model(name: str, **overrides) -> Classifier:
 
 
 def check_model(name: str, **overrides) -> tuple[str, Method, dict]:
-    """Validate a model name and its overrides without building the network: (backbone name, method, architecture options)."""
+    """Validate a model name and its overrides without building the network: (backbone name, method, architecture options).
+
+    Each refusal is one VibbenchError naming the option, the value and the valid values: beta and confidence_penalty
+    finite and >= 0; dropout and label_smoothing in [0, 1); num_classes an integer >= 2; latent_dim, eval_samples and
+    train_samples positive integers (booleans and strings are not numbers); an unknown option with the closest names."""
     parts = _split_name(name)
     if parts is None:
         raise VibbenchError(unknown_name_message("model", name, list_models()) + " (see `vibbench list`)")
@@ -61,5 +65,16 @@ def check_model(name: str, **overrides) -> tuple[str, Method, dict]:
     if unknown:
         known = HYPERPARAMETERS + ARCHITECTURE_OPTIONS
         raise VibbenchError(" ".join(unknown_name_message(f"option for model {name!r}", opt, known) for opt in unknown))
+    for option, value in overrides.items():
+        if option in HYPERPARAMETER_RANGES:
+            low, high = HYPERPARAMETER_RANGES[option]
+            check_real(option, value, low=low, high=high, where=f" (model {name!r})")
+            if type(value) not in (int, float):
+                overrides[option] = float(value)  # a numpy scalar: a plain float in the method, config.json and hashes
+        elif option == "num_classes":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+                raise VibbenchError(f"num_classes must be an integer >= 2, got {value!r} (model {name!r})")
+        else:
+            check_positive_int(option, value)
     method = METHODS[method_name].with_overrides(**{k: v for k, v in overrides.items() if k in HYPERPARAMETERS})
     return backbone_name, method, {k: v for k, v in overrides.items() if k in ARCHITECTURE_OPTIONS}

@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="rebuild report.md and figures/ of a results folder from its metrics.csv alone")
     report.add_argument("run_dir", type=Path, metavar="DIR")
+    report.add_argument(
+        "--allow-partial", action="store_true",
+        help="report a metrics.csv that lacks some of the models or seeds config.json lists (or was cut off within its last row); the report says so at its top",
+    )
 
     show = sub.add_parser("show", help="print a results folder's summary, run id, wall time and where its report is")
     show.add_argument("run_dir", type=Path, metavar="DIR")
@@ -200,7 +204,7 @@ def cmd_run(args) -> None:
 def cmd_report(args) -> None:
     from vibbench.reporting.report import write_report
 
-    print(write_report(args.run_dir))
+    print(write_report(args.run_dir, allow_partial=args.allow_partial))
 
 
 def cmd_show(args) -> None:

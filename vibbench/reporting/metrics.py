@@ -7,7 +7,9 @@ rendered Markdown (`format_cell`).
 
 from __future__ import annotations
 
+import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -61,19 +63,152 @@ def write_metrics(rows: list[dict], path: Path) -> pd.DataFrame:
     return df
 
 
+FRACTION_METRICS = (
+    "accuracy", "error", "robust_accuracy", "robust_accuracy_all_draws", "judge_disagreement", "large_eps_accuracy",
+    "attack_success_rate", "zero_grad_fraction", "ece", "mce", "adaptive_ece", "auroc", "aupr", "fpr95", "roc_fpr",
+    "roc_tpr", "reliability_accuracy", "reliability_confidence", "reliability_lower", "reliability_upper",
+)  # fmt: skip
+"""Metrics that are fractions: a value outside [0, 1] (an accuracy of 5.0 would print as 500.00%) is refused on read,
+as is any flag_<check> other than 0 or 1. NaN (an empty cell) is an absent measurement and passes."""
+
+NONNEGATIVE_METRICS = ("seconds", "examples_per_second", "reliability_count", "temperature", "median_adv_distance", "worst_case_radius")
+"""Metrics that cannot be negative (they may be infinite: median_adv_distance when most images resist)."""
+
+RANGE_TOLERANCE = 1e-9
+"""How far a fraction may lie outside [0, 1] (or a non-negative metric below 0) by rounding."""
+
+
 def read_metrics(run_dir: Path) -> pd.DataFrame:
-    """metrics.csv of a run folder, with timing.csv's rows appended when present."""
+    """metrics.csv of a run folder, with timing.csv's rows appended when present, checked (`check_metrics`): a file
+    that is not UTF-8 text, ends in the middle of a row, or holds a row vibbench would not write is one VibbenchError."""
+    return read_metrics_and_notes(run_dir)[0]
+
+
+def read_metrics_and_notes(run_dir: Path, *, allow_partial: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """`read_metrics`, and with allow_partial a file cut off in the middle of its last row is read without that row
+    instead of refused; the notes then say so (one line each), for the report's top."""
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         raise VibbenchError(f"{run_dir} has no metrics.csv: point to a folder written by `vibbench run`")
-    frames = [pd.read_csv(path)]
-    if (Path(run_dir) / "timing.csv").is_file():
-        frames.append(pd.read_csv(Path(run_dir) / "timing.csv"))
-    for frame, name in zip(frames, ("metrics.csv", "timing.csv")):
+    files = [path] + ([Path(run_dir) / "timing.csv"] if (Path(run_dir) / "timing.csv").is_file() else [])
+    frames, notes = [], []
+    for file in files:
+        frame, note = _read_csv(file, allow_partial)
+        frames.append(frame)
+        notes += [note] if note else []
+    for frame, file in zip(frames, files):
         missing = set(COLUMNS) - set(frame.columns)
         if missing:
-            raise VibbenchError(f"{Path(run_dir) / name} lacks the columns {', '.join(sorted(missing))}; it was not written by vibbench")
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+            raise VibbenchError(f"{file} lacks the columns {', '.join(sorted(missing))}; it was not written by vibbench")
+        check_metrics(frame, str(file))
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    _check_one_run(df, " and ".join([str(path)] + [f.name for f in files[1:]]))
+    return df, notes
+
+
+def _read_csv(path: Path, allow_partial: bool) -> tuple[pd.DataFrame, str | None]:
+    """One metrics file as pandas reads it, after the checks pandas would turn into a traceback or a silent guess."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise VibbenchError(
+            f"{path} is not text: byte 0x{data[exc.start]:02x} at offset {exc.start} is not UTF-8 (a binary or damaged file); "
+            f"write it again with `vibbench eval --config {path.parent / 'options.json'}`, or restore a copy"
+        ) from None
+    note = None
+    if not text.strip():
+        raise VibbenchError(f"{path} is empty; it was not written by vibbench (or not completely)")
+    if not text.endswith("\n"):  # vibbench ends every row with a newline: this file was cut off within its last row
+        if not allow_partial:
+            raise VibbenchError(
+                f"{path} ends in the middle of a row: it was cut short (an interrupted copy?), and its last value may be "
+                "cut too; copy it again, or pass --allow-partial to report without that row"
+            )
+        text = text[: text.rfind("\n") + 1]
+        note = f"{path.name} was cut off within its last row, which is left out"
+    try:
+        with warnings.catch_warnings():
+            # index_col=False: a first row with one field too many would otherwise silently become the index
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(io.StringIO(text), index_col=False)
+    except pd.errors.ParserWarning:
+        raise VibbenchError(f"{path} is not a metrics table vibbench wrote: its first row has more fields than its header") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        reason = " ".join(str(exc).split())
+        raise VibbenchError(f"{path} is not a metrics table vibbench wrote: {reason}") from None
+    return frame, note
+
+
+def _where(df: pd.DataFrame, i, source: str) -> str:
+    """'metrics.csv line 12 (mlp_vib, seed 0, error)': where row `i` of a frame read from `source` is."""
+    seed = pd.to_numeric(pd.Series([df.at[i, "seed"]]), errors="coerce")[0]
+    parts = [df.at[i, "label"], f"seed {seed:g}" if pd.notna(seed) else None, df.at[i, "metric"]]
+    what = ", ".join(str(v) for v in parts if isinstance(v, str) and v.strip())
+    return f"{source} line {df.index.get_loc(i) + 2}" + (f" ({what})" if what else "")
+
+
+def check_metrics(df: pd.DataFrame, source: str = "metrics.csv") -> None:
+    """Refuse, in one line each, what vibbench never writes and a report would show as a wrong number or a silent gap:
+    a row without its label or metric, a number column holding text, rows of several run ids, a row repeated (the same
+    model, seed, conditions and metric), a fraction outside [0, 1] (FRACTION_METRICS), a flag other than 0 or 1, a
+    negative time, count, temperature or distance (NONNEGATIVE_METRICS)."""
+    if df.empty:
+        return
+    df = df.reset_index(drop=True)  # line numbers are positions
+    for col in ("label", "metric"):
+        empty = df[col].isna() | (df[col].astype(str).str.strip() == "")
+        if empty.any():
+            i = empty.idxmax()
+            raise VibbenchError(f"{_where(df, i, source)} has no {col}: a row with missing fields ({_rows(empty)})")
+    for col in NUMERIC_COLUMNS:
+        raw = df[col]
+        number = pd.to_numeric(raw, errors="coerce")
+        text = raw.astype(str).str.strip()
+        bad = raw.notna() & number.isna() & (text != "")
+        if bad.any():
+            i = bad.idxmax()
+            raise VibbenchError(f"{_where(df, i, source)}: {col} {raw[i]!r} is not a number ({_rows(bad)}); vibbench writes numbers or leaves the cell empty")
+    _check_one_run(df, source)
+    key = list(ID_COLUMNS + CONDITION_COLUMNS + ("metric",))
+    repeated = df.duplicated(key, keep="first")
+    if repeated.any():
+        j = repeated.idxmax()
+        group = df.groupby(key, dropna=False, sort=False).ngroup()
+        first = group.index[group == group[j]][0]
+        raise VibbenchError(
+            f"{_where(df, j, source)} repeats line {df.index.get_loc(first) + 2}: the same model, seed, conditions and metric "
+            f"({_rows(repeated, 'repeated')}); a report would average them silently. Were two files pasted together? "
+            "Keep one row per measurement"
+        )
+    value = pd.to_numeric(df["value"], errors="coerce")
+    metric = df["metric"].astype(str)
+    is_flag = metric.str.startswith("flag_")
+    fraction = metric.isin(FRACTION_METRICS)
+    out = (fraction & ((value < -RANGE_TOLERANCE) | (value > 1 + RANGE_TOLERANCE))) | (is_flag & value.notna() & ~value.isin([0.0, 1.0]))
+    if out.any():
+        i = out.idxmax()
+        allowed = "0 or 1" if is_flag[i] else "a fraction in [0, 1] (0.9824 for 98.24%)"
+        raise VibbenchError(f"{_where(df, i, source)}: value {float(value[i])!r} is out of range ({_rows(out)}); {df.at[i, 'metric']} is {allowed}")
+    negative = metric.isin(NONNEGATIVE_METRICS) & (value < -RANGE_TOLERANCE)
+    if negative.any():
+        i = negative.idxmax()
+        raise VibbenchError(f"{_where(df, i, source)}: value {float(value[i])!r} is negative ({_rows(negative)}); {df.at[i, 'metric']} is >= 0")
+
+
+def _rows(mask: pd.Series, kind: str = "such") -> str:
+    n = int(mask.sum())
+    return f"{n} {kind} row{'s' if n != 1 else ''}"
+
+
+def _check_one_run(df: pd.DataFrame, source: str) -> None:
+    run_ids = [r for r in pd.unique(df["run_id"].dropna().astype(str)) if r.strip()]
+    if len(run_ids) > 1:
+        shown = ", ".join(run_ids[:4]) + (f" and {len(run_ids) - 4} more" if len(run_ids) > 4 else "")
+        raise VibbenchError(
+            f"{source}: rows of {len(run_ids)} runs in one folder ({shown}), but a report is of one run. Keep each run in its own "
+            "folder, and compare runs side by side instead of pooling them (a `vibbench compare` command is planned)"
+        )
 
 
 def format_cell(values: list[float], scale: float = 100.0, digits: int = 2, suffix: str = "%", n: int | None = None) -> str:

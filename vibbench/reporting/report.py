@@ -5,7 +5,8 @@ present, for the provenance header) and writes, each file atomically, the figure
 `report.md` last, so the report never links to a figure that is not there. Sections, in order:
 clean accuracy, the published references (Table 1), adversarial robustness, calibration, OOD
 detection, distribution shift, the β sweep, training. A section whose measurements are absent says
-so in one line.
+so in one line. Before writing anything it checks the metrics (`metrics.check_metrics`) and that every model and
+seed config.json lists has rows; `allow_partial` reports a folder lacking some, with one line at the top saying so.
 
 Data stay fractions; percent, rounding and "mean ± half-width of the 95% t-interval over seeds"
 appear only in the rendered Markdown (`metrics.format_cell`). A cell shows a plain value for one seed.
@@ -26,7 +27,17 @@ from vibbench.evaluation.masking import FLAGS
 from vibbench.reporting.figures import ATTACK_NAMES, FIGURES, MODE_NAMES, NORM_TITLES, SCORE_NAMES, save_figure
 from vibbench.reporting.markdown import markdown_table
 from vibbench.reporting.stats import mcnemar_exact
-from vibbench.reporting.metrics import clean_rows, format_cell, model_order, read_metrics, summary_markdown, tidy_metrics
+from vibbench.core.errors import VibbenchError
+from vibbench.reporting.metrics import (
+    TIMING_METRICS,
+    check_metrics,
+    clean_rows,
+    format_cell,
+    model_order,
+    read_metrics_and_notes,
+    summary_markdown,
+    tidy_metrics,
+)
 from vibbench.reporting.published import published_section
 
 SWEEP_EPS = (0.1, 0.3)
@@ -211,11 +222,13 @@ def _settings_items(config: dict) -> list[tuple[str, str]]:
     return items
 
 
-def _provenance_lines(df: pd.DataFrame, config: dict, prov: dict, problems: list[str]) -> list[str]:
-    """The report's header: its title, the run's provenance as a list, notes on unreadable files, how to read a cell."""
+def _provenance_lines(df: pd.DataFrame, config: dict, prov: dict, problems: list[str], partial: str | None = None) -> list[str]:
+    """The report's header: its title, what is missing (a partial report), the run's provenance as a list, notes on
+    unreadable files, how to read a cell."""
     run_id = _run_id(df, config, prov)
     items = [("run id", f"`{run_id}`"), *_machine_items(prov), *_run_items(df, config, prov), *_settings_items(config)]
-    lines = [f"# vibbench report: {run_id}", "", *(f"- **{k}**: {v}" for k, v in items)]
+    lines = [f"# vibbench report: {run_id}", "", *([f"**Partial report**: {partial}.", ""] if partial else [])]
+    lines += [f"- **{k}**: {v}" for k, v in items]
     if not prov and not config:
         lines.append("- no config.json or provenance.json next to metrics.csv: the provenance of these numbers is unknown")
     lines += [f"- note: {p}" for p in problems]
@@ -691,11 +704,18 @@ def unrendered_sections() -> list[str]:
 
 
 def build_report(
-    df: pd.DataFrame, config: dict | None = None, prov: dict | None = None, problems: list[str] | None = None, *, draw: bool = True
+    df: pd.DataFrame,
+    config: dict | None = None,
+    prov: dict | None = None,
+    problems: list[str] | None = None,
+    *,
+    draw: bool = True,
+    partial: str | None = None,
 ):
     """(Markdown text, {figure name: Figure or None}) for the metrics `df`; writes nothing.
 
-    With draw=False no figure is drawn and the text embeds none (for quick checks of the tables).
+    With draw=False no figure is drawn and the text embeds none (for quick checks of the tables). `partial` (what
+    is missing) makes the first line under the title "**Partial report**: <partial>.".
     """
     df = tidy_metrics(df)
     config, prov = config or {}, prov or {}
@@ -707,7 +727,7 @@ def build_report(
         for name, fn in FIGURES.items():
             figures[f"{name}_{_slug(dataset)}" if multi else name] = fn(d) if len(d) else None
 
-    lines = _provenance_lines(df, config, prov, problems or [])
+    lines = _provenance_lines(df, config, prov, problems or [], partial)
     ctx = {"config": config, "prov": prov}
     for number, (title, builder) in enumerate(REPORT_SECTIONS.values(), start=1):
         lines += ["", f"## {number}. {title}"]
@@ -728,19 +748,56 @@ def build_report(
     return text, figures
 
 
-def write_report(run_dir: Path, df: pd.DataFrame | None = None) -> Path:
+def missing_runs(df: pd.DataFrame, config: dict) -> list[str]:
+    """The (model, seed) pairs config.json lists (its `models` labels times its `seeds`) that `df` has no metrics.csv row of,
+    as "label seed s" in config order; none when config.json does not list them."""
+    models, seeds = _get(config, "models"), _get(config, "seeds")
+    if not isinstance(models, list) or not isinstance(seeds, list):
+        return []
+    labels = [m["label"] for m in models if isinstance(m, dict) and isinstance(m.get("label"), str)]
+    seeds = [s for s in seeds if isinstance(s, int) and not isinstance(s, bool)]
+    d = tidy_metrics(df)
+    d = d[~d["metric"].isin(TIMING_METRICS)]  # timing.csv's rows say a model was trained, not that it was measured
+    present = set(zip(d["label"], d["seed"]))
+    return [f"{label} seed {seed}" for seed in seeds for label in labels if (label, float(seed)) not in present]
+
+
+def _listed(items: list[str], limit: int = 4) -> str:
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def write_report(run_dir: Path, df: pd.DataFrame | None = None, *, allow_partial: bool = False) -> Path:
     """(Re)build run_dir/report.md and run_dir/figures/*.png + *.pdf from metrics.csv alone; return report.md's path.
 
     `df` defaults to `read_metrics(run_dir)` (a folder without metrics.csv raises VibbenchError).
     config.json and provenance.json are read when present for the provenance header. Figures whose
     data are absent are not drawn, and a stale copy from an earlier build is removed.
+
+    Before anything is written the metrics are checked (`metrics.check_metrics`: text, one run, no repeated rows,
+    numbers in range), and every model and seed config.json lists must have rows: a VibbenchError names the first
+    problem. With allow_partial a metrics.csv lacking some of them (or cut off within its last row) is reported
+    anyway, and the report says what is missing in one line at its top.
     """
     run_dir = Path(run_dir)
+    notes: list[str] = []
     if df is None:
-        df = read_metrics(run_dir)
+        df, notes = read_metrics_and_notes(run_dir, allow_partial=allow_partial)
+    else:
+        check_metrics(df)
     config, p1 = _read_json(run_dir / "config.json")
     prov, p2 = _read_json(run_dir / "provenance.json")
-    text, figures = build_report(df, config, prov, [p for p in (p1, p2) if p])
+    missing = missing_runs(df, config)
+    if missing and not allow_partial:
+        total = len(_get(config, "models")) * len(_get(config, "seeds"))
+        raise VibbenchError(
+            f"{run_dir / 'metrics.csv'} lacks {len(missing)} of the {total} models x seeds config.json lists ({_listed(missing)}): "
+            "the file is incomplete (cut short or from an interrupted run); rerun `vibbench eval --config "
+            f"{run_dir / 'options.json'}` to write it again, or pass --allow-partial to report what is there"
+        )
+    if missing:
+        notes.append(f"metrics.csv lacks {_listed(missing)}, which config.json lists")
+    partial = "; ".join(notes) + "; the tables below cover the rest" if notes else None
+    text, figures = build_report(df, config, prov, [p for p in (p1, p2) if p], partial=partial)
     folder = run_dir / "figures"
     drawn = set()
     for name, fig in figures.items():
@@ -757,4 +814,4 @@ def write_report(run_dir: Path, df: pd.DataFrame | None = None) -> Path:
     return path
 
 
-__all__ = ["REPORT_SECTIONS", "SECTIONS", "build_report", "unrendered_sections", "write_report"]
+__all__ = ["REPORT_SECTIONS", "SECTIONS", "build_report", "missing_runs", "unrendered_sections", "write_report"]

@@ -117,7 +117,7 @@ def published_section(d: pd.DataFrame, ctx: dict, embed=None) -> list[str]:
         for ref in refs:
             cells = [f"`{label}`", str(len(errors)), str(n) if ours else "—", ours.text if ours else "—", f"{ref.value:.2f}%", ref.source]
             if ours:
-                cells += [f"{ours.value - ref.value:+.2f}", placement(ref.value, ours)]
+                cells += [f"{round(ours.value - ref.value, 2) + 0.0:+.2f}", placement(ref.value, ours)]
             else:
                 cells += ["—", "metrics.csv has no clean test error for this model."]
             rows.append(cells)

@@ -25,6 +25,16 @@ def _trained(name, data, epochs=2):
     return model.eval()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one intra-op thread for a module of tiny tensors, where more threads only wait on each other;
+    the count from before is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def trained_mlp(synthetic):
     """A deterministic MLP trained briefly on synthetic data (well above chance, far from perfect)."""

@@ -44,13 +44,7 @@ def _strokes(n: int = 24, size: int = 28, seed: int = 1) -> torch.Tensor:
     return images
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add barrier waits (5x slower on a busy box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add barrier waits (5x slower on a busy box)
 
 
 @pytest.fixture(scope="module")

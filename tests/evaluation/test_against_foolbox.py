@@ -29,6 +29,7 @@ from vibbench.training.single import train_model
 fb = pytest.importorskip("foolbox")  # a dev extra (pyproject.toml): the reference, never a dependency of vibbench
 
 pytestmark = [
+    pytest.mark.usefixtures("one_thread"),  # tiny matrices: on a busy 2-core machine threads wait on each other (50x slower)
     pytest.mark.slow,  # about 35 s on 2 CPU cores
     pytest.mark.integration,
     pytest.mark.filterwarnings("ignore::DeprecationWarning:foolbox.*"),  # its scipy.ndimage.filters import
@@ -46,15 +47,6 @@ L2_EPS = (1.0, 2.0)
 # training seeds and image sets vibbench was at most 1 image above foolbox's LinfPGD, L2PGD or C&W. 3 images' worth
 # allows for that; a weakened vibbench (5 PGD steps, C&W 10 steps at one c) is 6 images above at L2 eps 2.0.
 SLACK = 3 / N
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matrices: on a busy 2-core machine, intra-op threads wait on each other (steps 50x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

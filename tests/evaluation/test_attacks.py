@@ -112,3 +112,77 @@ def test_the_request_averages_gradients_only_on_the_eot_path(linear_case):
     model = linear_case[0]
     assert AttackRequest(AttackTarget(model, "eot"), 0.1, TINY).eot_iter == TINY.eot_iter == 2
     assert AttackRequest(AttackTarget(model, "mean"), 0.1, TINY).eot_iter == 1
+
+
+def _pgd_l2(model, eps, path="direct", steps=10, random_start=False):
+    s = AttackSettings(pgd_steps=steps, eot_iter=1, batch_size=N)
+    return ATTACKS["pgd_l2"].build(AttackRequest(AttackTarget(model, path), eps, s, random_start=random_start))
+
+
+def test_pgd_l2_iterates_equal_torchattacks_where_the_gradient_is_not_tiny(linear_case):
+    import torchattacks
+
+    model, x, y = linear_case
+    ours = _pgd_l2(model, 0.5)(x, y)
+    ref = torchattacks.PGDL2(AttackTarget(model, "direct"), eps=0.5, alpha=2.5 * 0.5 / 10, steps=10, random_start=False)(x, y)
+    assert (ours - ref).abs().max() < 1e-5
+
+
+def test_pgd_l2_still_steps_where_cross_entropy_saturates(linear_case):
+    """A model 15 times as confident: the same decision boundaries (so the same minimal distances), but logit
+    margins of tens, so float32 cross-entropy gradients of 1e-12 and below. torchattacks' PGDL2 (norm + 1e-10)
+    no longer moves; ours breaks as before."""
+    import torchattacks
+
+    model, x, y = linear_case
+    confident = Linear().eval()
+    with torch.no_grad():
+        confident.fc.weight.mul_(15.0)
+    eps = float(model.min_distance(x, y, "l2").median()) * 1.5
+    ours_adv = _pgd_l2(confident, eps, steps=40)(x, y)
+    ref_adv = torchattacks.PGDL2(AttackTarget(confident, "direct"), eps=eps, alpha=2.5 * eps / 40, steps=40, random_start=False)(x, y)
+    with torch.no_grad():
+        ours = (confident(ours_adv).argmax(1) == y).float().mean()
+        ref = (confident(ref_adv).argmax(1) == y).float().mean()
+    assert ref > 0.75  # the saturation this guards against is real (unsaturated, both leave 19%)
+    assert ours < 0.5  # at 1.5x the median minimal distance, most examples break
+
+
+def test_pgd_l2_averages_gradients_over_draws_on_the_eot_path(linear_case):
+    """EOT: eot_iter forward passes per step; counted on the target."""
+    model, x, y = linear_case
+    calls = []
+    target = AttackTarget(model, "eot")
+    target.register_forward_hook(lambda *a: calls.append(1))
+    s = AttackSettings(pgd_steps=3, eot_iter=4, batch_size=N)
+    ATTACKS["pgd_l2"].build(AttackRequest(target, 0.5, s, random_start=False))(x, y)
+    assert len(calls) == 3 * 4
+
+
+def test_square_oracle_is_a_fixed_function_of_the_image(trained_vib):
+    """The fixed-noise oracle Square queries on the EOT path: the same output for the same image in any batch, across
+    calls (a black-box search assumes a function), while the model's own predictor is random; it is the predictor
+    (log of the mean softmax) under eval_samples x oracle_draws draws of z given explicitly."""
+    from vibbench.evaluation.attacks.square import FixedNoiseOracle
+
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    oracle = FixedNoiseOracle(trained_vib.eval(), draws=3, seed=0)
+    with torch.no_grad():
+        a, b = oracle(x), oracle(x[[3, 0, 5]])
+        assert torch.equal(a, oracle(x))
+        assert torch.allclose(a[[3, 0, 5]], b, atol=1e-6)
+        assert not torch.equal(trained_vib(x), trained_vib(x))
+        eps = oracle.eps.expand(-1, 6, -1)
+        assert eps.shape[0] == 3 * trained_vib.eval_samples
+        out = trained_vib.forward_details(x, num_samples=eps.shape[0], eps=eps)
+        direct = torch.log_softmax(out.logits, -1).exp().mean(0).log()
+        assert torch.allclose(a, direct, atol=1e-5)
+
+
+@pytest.mark.parametrize(("path", "margin"), [("direct", 0.0), ("mean", 1.0), ("eot", 1.0)])
+def test_square_stops_beyond_the_boundary_only_on_a_stochastic_model(trained_vib, trained_mlp, path, margin):
+    model = trained_mlp if path == "direct" else trained_vib
+    s = AttackSettings(square_queries=10, square_stop_margin=1.0, batch_size=N)
+    attack = ATTACKS["square"].build(AttackRequest(AttackTarget(model, path), 0.1, s))
+    assert attack.stop_margin == margin
+    assert type(attack.model).__name__ == ("FixedNoiseOracle" if path == "eot" else "AttackTarget")

@@ -293,7 +293,7 @@ def test_eot_weaker_than_mean_path_is_flagged(trained_vib, synthetic):
 
 @pytest.mark.slow
 def test_vib_rows_are_not_far_above_pgd_without_a_flag(trained_vib, synthetic):
-    """On a VIB model: C&W (judged by the predictor) and Square (querying the averaging oracle) do not sit tens of
+    """On a VIB model: C&W (judged by the predictor) and Square (querying the fixed-noise oracle) do not sit tens of
     points above PGD at the same budget, and any attack far weaker on the EOT path than on the mean path is flagged."""
     x, y = synthetic.test.images[:N], synthetic.test.labels[:N]
     s = small(attacks=("pgd", "pgd_l2", "cw", "square"), linf_eps=(0.2, 0.3), l2_eps=(1.0, 2.0, 3.0), expensive_eps=(0.2, 0.3),

@@ -34,8 +34,8 @@ class AttackSettings:
     fab_steps: int = 100
     square_queries: int = 5000
     judge_draws: int = 5  # independent noise draws of a stochastic model's predictor judging each image (evaluation/judge.py)
-    oracle_draws: int = 8  # draws averaged by the oracle a black-box attack queries on a stochastic model's EOT path
-    square_stop_margin: float = 0.2  # on that oracle, Square stops on an image once log p(true) < log p(other) - this
+    oracle_draws: int = 8  # draws (fixed once per attack) of the oracle Square queries on a stochastic model's EOT path
+    square_stop_margin: float = 1.0  # on a stochastic model Square stops on an image once log p(true) < log p(other) - this
     batch_size: int = 500
 
     def __post_init__(self):

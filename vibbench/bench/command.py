@@ -186,6 +186,22 @@ def compare_configs_from_args(args, device: str) -> list[CompareConfig]:
     ]
 
 
+def check_bench(cfg: BenchConfig, implementations: Sequence[str] | None, compare: Sequence[CompareConfig]) -> None:
+    """What `vibbench bench` checks before it measures anything or loads any data: the implementations asked for
+    by name run on the device (the default, all of them, skips those that do not, and throughput.md says why), and
+    each comparison's settings, dataset name and model patterns are valid."""
+    from vibbench.bench.cases import unavailable_reason
+
+    for impl in implementations or ():
+        reason = unavailable_reason(impl, cfg.device)
+        if reason and impl == "fused" and cfg.device == "cpu":  # the reason may suggest TRITON_INTERPRET=1, which tests, not times
+            reason = "the fused head needs CUDA; on the CPU it runs only under Triton's interpreter (TRITON_INTERPRET=1), for tests, not timing"
+        if reason:
+            raise VibbenchError(f"--implementations {impl} cannot be measured on {cfg.device}: {reason}. Leave it out, or measure on a CUDA device")
+    for c in compare:
+        c.check()
+
+
 def cmd_bench(args) -> None:
     """`vibbench bench`: measure, write the files, print the folder (and the comparison ratios)."""
     from vibbench.core.progress import log
@@ -194,6 +210,7 @@ def cmd_bench(args) -> None:
     if args.no_throughput and not args.compare:
         raise VibbenchError("--no-throughput leaves nothing to do without --compare")
     compare = compare_configs_from_args(args, cfg.device)
+    check_bench(cfg, args.implementations if not args.no_throughput else None, compare)
     out = args.out or Path("results") / f"bench-{cfg.device}"
     result = run_bench(out, cfg, throughput=not args.no_throughput, compare=compare, progress=log)
     if result.compare is not None:

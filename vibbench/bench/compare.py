@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from vibbench.bench.conventional import to_uint8, train_conventional
-from vibbench.core.errors import VibbenchError, check_positive_int
+from vibbench.core.errors import VibbenchError, check_positive_int, unknown_name_message
 from vibbench.training.config import TrainConfig
 from vibbench.training.precision import check_precision
 
@@ -68,8 +68,16 @@ class CompareConfig:
         check_precision(self.precision)
         check_precision(self.baseline_precision)
         check_positive_int("repeats", self.repeats)
+        check_positive_int("steps", self.steps)
         if not (self.pipeline or self.population):
             raise VibbenchError("nothing to compare: enable pipeline or population")
+        from vibbench.data.datasets import DATASETS
+        from vibbench.runs.config import parse_model_specs
+
+        if self.dataset not in DATASETS:
+            raise VibbenchError(unknown_name_message("dataset", self.dataset, DATASETS))
+        if self.models is not None:  # before any data is loaded
+            parse_model_specs(list(self.models))
 
 
 @dataclass

@@ -14,6 +14,7 @@ from vibbench.bench.cases import (
 )  # fmt: skip
 from vibbench.bench.roofline import Peak, device_peak, roofline_seconds
 from vibbench.bench.timing import interleaved_medians
+from vibbench.core.errors import VibbenchError
 from vibbench.training.precision import PRECISIONS
 
 BATCH_SIZES = (100, 1000, 10000)
@@ -82,6 +83,9 @@ def throughput_rows(cfg: BenchConfig, progress: Callable[[str], None] | None = N
     peak = device_peak(name, bandwidth_gbs=cfg.peak_bandwidth_gbs, flops_tflops=cfg.peak_tflops) if (cfg.device == "cuda" or cfg.peak_bandwidth_gbs) else None
     skipped = {impl: r for impl in cfg.implementations if (r := unavailable_reason(impl, device))}
     impls = [impl for impl in cfg.implementations if impl not in skipped]
+    if not impls:  # an empty table would be measured and drawn
+        reasons = "; ".join(f"{impl}: {why}" for impl, why in skipped.items())
+        raise VibbenchError(f"no implementation of {', '.join(cfg.implementations)} can be measured on {cfg.device} ({reasons})")
     groups = cfg.groups()
     rows = []
     for i, (kind, precision, batch, n) in enumerate(groups):

@@ -14,15 +14,15 @@ class VibbenchError(ValueError):
     """
 
 
-_DISK_FULL = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted", errno.EFBIG: "a file size limit was reached"}
+DISK_FULL = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted", errno.EFBIG: "a file size limit was reached"}
 _NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def describe_os_error(exc: OSError) -> str:
     """The OS's words for `exc` plus what it means for a run: 'No space left on device (the disk is full)'."""
     text = exc.strerror or str(exc)
-    if exc.errno in _DISK_FULL:
-        return f"{text} ({_DISK_FULL[exc.errno]})"
+    if exc.errno in DISK_FULL:
+        return f"{text} ({DISK_FULL[exc.errno]})"
     if exc.errno in _NOT_ALLOWED:
         return f"{text} (the folder is read-only or belongs to someone else)"
     return text

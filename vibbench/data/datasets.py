@@ -202,6 +202,16 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
     return _to_dataset(name, arrays, NUM_VAL, source=source, sha256=hashes)
 
 
+def class_count(name: str) -> int:
+    """How many classes the dataset `name` has (no data is loaded)."""
+    _check_name(name)
+    return len(_CLASSES[name])
+
+
+GENERATED = ("synthetic",)
+"""Datasets made in memory when loaded: nothing to fetch, verify or cache (`vibbench data` says so)."""
+
+
 def prepare_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
     """Make sure the verified cache of a dataset exists and return its path.
 

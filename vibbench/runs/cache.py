@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from vibbench.core.errors import VibbenchError, describe_os_error
+from vibbench.core.errors import DISK_FULL, VibbenchError, describe_os_error
 from vibbench.core.hashing import stable_hash
 from vibbench.core.progress import log
 from vibbench.evaluation.sections import enabled_sections
@@ -30,7 +30,9 @@ PROBE_BYTES = 65536
 
 
 def check_writable(folder: Path, what: str) -> None:
-    """Fail before any training if `folder` cannot take a file (read-only, missing permissions, disk full)."""
+    """Fail before any training if `folder` cannot take a file (read-only, missing permissions, disk full).
+    The folders the probe creates are removed again: whatever fails next leaves nothing behind."""
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     probe = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -40,11 +42,17 @@ def check_writable(folder: Path, what: str) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
-        raise VibbenchError(f"cannot write to the {what} {folder}: {describe_os_error(exc)}. Choose another folder or free space.") from None
+        advice = "Choose another folder or free space" if exc.errno in DISK_FULL else "Choose another folder"
+        raise VibbenchError(f"cannot write to the {what} {folder}: {describe_os_error(exc)}. {advice}.") from None
     finally:
         if probe is not None:
             with contextlib.suppress(OSError):
                 os.unlink(probe)
+        for p in created:  # deepest first
+            try:
+                p.rmdir()
+            except OSError:
+                break
 
 
 def job_dir(cache_dir: Path, job_hash: str) -> Path:
@@ -66,11 +74,15 @@ def _digest(record: dict) -> str:
 
 
 def _read_entry(path: Path, key: str, expected: str, advice: str) -> dict | None:
-    """A JSON cache entry made for `expected` (its `key`), its seal verified; None if absent or unparsable
-    (written atomically, so that means damage: it is computed again)."""
+    """A JSON cache entry made for `expected` (its `key`), its seal verified; None if absent or unreadable
+    (written atomically, so that means damage: it is computed again, and the log says which file and why)."""
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        reason = describe_os_error(exc) if isinstance(exc, OSError) else "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"not valid JSON: {exc}"
+        log(f"damaged cache entry {path} ({reason}): computing it again")
         return None
     if not isinstance(record, dict) or record.get("format") != RESULT_FORMAT or record.get(key) != expected:
         raise VibbenchError(f"{path} does not match its config ({key} {expected[:12]}); {advice}")
@@ -101,6 +113,8 @@ def cached_result(cfg: RunConfig, spec: ModelSpec, seed: int, cache_dir: Path, r
     if retrain and folder.exists():
         shutil.rmtree(folder)
     result_path, model_path = folder / "result.json", folder / "model.pt"
+    if result_path.exists() and not model_path.exists():  # save_result writes model.pt first: damage, not an interruption
+        log(f"damaged cache entry {folder}: result.json without model.pt; training it again")
     if result_path.exists() and model_path.exists():
         record = _read_entry(result_path, "job_hash", h, f"delete {folder} or rerun with --retrain")
         if record is not None:

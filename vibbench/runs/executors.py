@@ -12,13 +12,14 @@ exactly as for a local run. This module imports Ray only when the Ray executor i
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
 from vibbench.core.errors import VibbenchError, check_positive_int, unknown_name_message
-from vibbench.core.progress import log
+from vibbench.core.progress import elapsed_and_eta, log
 from vibbench.models.plugins import registered_outside
 from vibbench.models.registry import check_model
 from vibbench.runs.cache import job_dir
@@ -64,7 +65,10 @@ class LocalExecutor:
             return {}
         data = job_data(cfg, data_dir, dataset)  # before any training, so a missing OOD set fails early
         results = {}
-        for members in units:
+        started = time.perf_counter()
+        for k, members in enumerate(units, 1):
+            spent = f" ({elapsed_and_eta(time.perf_counter() - started, k - 1, len(units))})" if k > 1 else ""
+            log(f"[{k}/{len(units)}] {_labels(members)}{spent}")
             results |= dict(zip(members, run_unit(cfg, members, cache_dir, data_dir, trainer, data)))
         return results
 
@@ -88,6 +92,7 @@ class RayExecutor:
         if max_retries is not None and (not isinstance(max_retries, int) or not 0 <= max_retries <= MAX_RETRIES):
             raise VibbenchError(f"--ray-max-retries must be an integer from 0 to {MAX_RETRIES}, got {max_retries!r}")
         self.ray = import_ray()
+        check_ray_address(address)
         self.address = address
         self.cpus_per_job = cpus_per_job or 1
         self.gpus_per_job = (gpus_per_job or 1.0) if device == "cuda" else 0.0
@@ -167,6 +172,7 @@ class RayExecutor:
         pending = list(refs)
         attempts: dict[int, int] = {}
         shown = None
+        started = time.perf_counter()
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
             for ref in ready:
@@ -190,7 +196,8 @@ class RayExecutor:
             # running: started and not returned (a unit whose worker died counts until its retry starts)
             state = (len(finished) - len(failed), len(set(attempts) - finished), len(failed))
             if state != shown:
-                log(f"ray: {state[0]}/{len(units)} jobs done, {state[1]} running, {state[2]} failed")
+                spent = elapsed_and_eta(time.perf_counter() - started, state[0] + state[2], len(units))
+                log(f"ray: {state[0]}/{len(units)} jobs done, {state[1]} running, {state[2]} failed ({spent})")
                 shown = state
         if failed:
             lines = "; ".join(f"{_labels(units[key])}: {text}" for key, text in sorted(failed.items()))
@@ -250,6 +257,46 @@ def _error_text(exc: Exception) -> str:
         return f"{type(cause).__name__}: {cause}"
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
+RAY_CONNECT_TIMEOUT = 5.0
+"""Seconds `check_ray_address` waits for the cluster to accept a connection."""
+
+
+def check_ray_address(address: str | None) -> None:
+    """Fail at start, in one line, when the cluster that `address` (else $RAY_ADDRESS) names cannot be parsed or
+    reached: a run whose jobs are all cached never connects, and would not notice. No address (and no $RAY_ADDRESS)
+    or `local` starts a local instance: nothing to check. `auto` is resolved as ray.init resolves it."""
+    import os
+    import socket
+
+    given, where = (address, "--ray-address") if address is not None else (os.environ.get("RAY_ADDRESS") or None, "$RAY_ADDRESS")
+    if given is None or given == "local":
+        return
+    target = given.removeprefix("ray://")
+    if target == "auto":
+        try:  # Ray's own rule: the cluster `ray start` recorded on this machine, else a running one
+            from ray._private.services import canonicalize_bootstrap_address
+        except ImportError:
+            return
+        try:
+            target = canonicalize_bootstrap_address("auto")
+        except (ConnectionError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise VibbenchError(f"{where} auto finds no Ray cluster on this machine ({first}); start one with `ray start --head`, or give HOST:PORT") from None
+        if target is None:
+            return
+    host, colon, port = target.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise VibbenchError(f"{where} {given!r} is not a Ray address: give HOST:PORT (e.g. 10.0.0.1:6379), ray://HOST:PORT, auto or local")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise VibbenchError(
+            f"cannot reach the Ray cluster at {given} ({where}): {reason}. Start it (`ray start --head`), fix the address, "
+            "or leave it out to start a local Ray instance"
+        ) from None
 
 
 def import_ray():

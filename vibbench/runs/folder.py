@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vibbench.core.errors import VibbenchError, describe_os_error
+from vibbench.core.progress import duration
 
 if TYPE_CHECKING:  # runs.config imports torch: `show` does without
     from vibbench.runs.config import RunConfig
@@ -44,16 +45,6 @@ def check_run_folder(run_dir: Path) -> Path:
     if not (run_dir / "metrics.csv").is_file():
         raise VibbenchError(f"{run_dir} has no metrics.csv: it is not the folder of a finished `vibbench run`")
     return run_dir
-
-
-def duration(seconds: float) -> str:
-    """A wall time for people: 54 s, 12 min 3 s, 2 h 05 min."""
-    s = round(seconds)
-    if s < 90:
-        return f"{seconds:.1f} s" if seconds < 10 else f"{s} s"
-    if s < 90 * 60:
-        return f"{s // 60} min {s % 60} s"
-    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 def show_run(run_dir: Path) -> str:

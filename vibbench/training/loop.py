@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from vibbench.core.errors import VibbenchError
-from vibbench.core.progress import bar
+from vibbench.core.progress import bar, elapsed_and_eta, log
 from vibbench.training.checkpoints import load_checkpoint, save_checkpoint
 from vibbench.training.config import TrainConfig
 
@@ -173,10 +173,11 @@ def run_epochs(
     checkpoint: Checkpointing | None = None,
 ) -> None:
     """Train from `state.epoch` to cfg.epochs: per epoch set the lr, run the steps, append each
-    member's history record and write the checkpoint. `name` titles the progress bar; `labels`
-    name the members in a divergence error."""
+    member's history record and write the checkpoint. `name` titles the progress bar (on a terminal; elsewhere a
+    log line per epoch: loss, examples/s, elapsed time and ETA); `labels` name the members in a divergence error."""
     steps_per_epoch = images.shape[0] // cfg.batch_size
     progress = bar(cfg.epochs * steps_per_epoch, name, initial=state.epoch * steps_per_epoch)
+    first_epoch, t_start = state.epoch, time.perf_counter()
     try:
         for epoch in range(state.epoch, cfg.epochs):
             for group in state.optimizer.param_groups:
@@ -188,6 +189,12 @@ def run_epochs(
             state.epoch = epoch + 1
             loss = sum(m[0] for m in means) / len(means)
             progress.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}", ex_s=f"{steps_per_epoch * cfg.batch_size / seconds:.0f}")
+            if progress.disable:  # no bar (not a terminal: CI, nohup, a log file): a line per epoch instead
+                done, spent = epoch + 1 - first_epoch, time.perf_counter() - t_start
+                log(
+                    f"{name}: epoch {epoch + 1}/{cfg.epochs}, loss {loss:.4f}, {steps_per_epoch * cfg.batch_size / seconds:,.0f} examples/s, "
+                    + elapsed_and_eta(spent, done, cfg.epochs - first_epoch)
+                )
             if checkpoint is not None:
                 _save(state, checkpoint)
     finally:

@@ -186,3 +186,39 @@ def test_square_stops_beyond_the_boundary_only_on_a_stochastic_model(trained_vib
     attack = ATTACKS["square"].build(AttackRequest(AttackTarget(model, path), 0.1, s))
     assert attack.stop_margin == margin
     assert type(attack.model).__name__ == ("FixedNoiseOracle" if path == "eot" else "AttackTarget")
+
+
+def test_shared_encoder_draws_equal_separate_passes_and_their_gradients(trained_vib):
+    """k draws of the S-sample predictor from one encoder pass = k forward passes under the same noise: the same
+    outputs and the same input gradient of the summed cross-entropy (the EOT step's), up to float rounding."""
+    model = trained_vib.eval()
+    k, s = 4, model.eval_samples
+    x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    y = torch.arange(5)
+    eps = torch.randn(k * s, 5, model.latent_dim, generator=torch.Generator().manual_seed(4))
+    target = AttackTarget(model, "eot")
+    xa = x.clone().requires_grad_(True)
+    shared = target.draws(xa, k, eps=eps)
+    (g_shared,) = torch.autograd.grad(torch.nn.functional.cross_entropy(shared.flatten(0, 1), y.repeat(k), reduction="sum"), xa)
+    xb = x.clone().requires_grad_(True)
+    separate = torch.stack([model.forward_details(xb, num_samples=s, eps=eps[j * s : (j + 1) * s]).prediction() for j in range(k)])
+    (g_sep,) = torch.autograd.grad(sum(torch.nn.functional.cross_entropy(separate[j], y, reduction="sum") for j in range(k)), xb)
+    torch.testing.assert_close(shared, separate, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_shared, g_sep, atol=1e-6, rtol=1e-4)
+    passes = []
+    hook = model.backbone.register_forward_hook(lambda *a: passes.append(1))
+    with torch.no_grad():
+        assert target.draws(x, k).shape == (k, 5, 10)
+    hook.remove()
+    assert len(passes) == 1
+
+
+def test_eot_pgd_is_torchattacks_eotpgd_with_the_draws_shared(linear_case):
+    """On a function whose draws are plain calls, our EOT-PGD's iterates equal torchattacks' EOTPGD's."""
+    import torchattacks
+
+    model, x, y = linear_case
+    s = AttackSettings(pgd_steps=10, eot_iter=3, batch_size=N)
+    ours = ATTACKS["pgd"].build(AttackRequest(AttackTarget(model, "eot"), 0.1, s, random_start=False))(x, y)
+    ref = torchattacks.EOTPGD(AttackTarget(model, "eot"), eps=0.1, alpha=2.5 * 0.1 / 10, steps=10, eot_iter=3, random_start=False)(x, y)
+    assert torch.equal(ours, ref)

@@ -110,6 +110,7 @@ def test_public_api():
     import vibbench.models.head
     import vibbench.models.methods
     import vibbench.models.registry
+    import vibbench.runs.evaluate
     import vibbench.runs.trained
 
     defined_in = {
@@ -118,6 +119,7 @@ def test_public_api():
         "Method": vibbench.models.methods,
         "VibbenchError": vibbench.core.errors,
         "create_model": vibbench.models.registry,
+        "evaluate": vibbench.runs.evaluate,
         "kl_divergence": vibbench.models.head,
         "list_models": vibbench.models.registry,
         "load_model": vibbench.runs.trained,

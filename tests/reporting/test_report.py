@@ -23,6 +23,7 @@ MODELS = {
     "mlp_vib": ("mlp_vib", "vib", 1e-3, (0, 1)),
     "mlp_vib:beta=0.01": ("mlp_vib", "vib", 1e-2, (0, 1)),
     "mlp_dropout": ("mlp_dropout", "dropout", 0.0, (0,)),
+    "mlp_vib:latent_dim=2": ("mlp_vib", "vib", 1e-3, (0,)),
 }
 LINF_EPS = (0.1, 0.2, 0.3)
 L2_EPS = (1.0, 2.0)
@@ -31,7 +32,8 @@ CORRUPTIONS = ("rotation", "gaussian_noise", "fog")
 
 def clean_test_error(label: str, seed: int) -> float:
     """The synthetic clean test error of (model, seed): a fixed function so tests can recompute cells."""
-    base = {"mlp_deterministic": 0.016, "mlp_vib:beta=0.0001": 0.014, "mlp_vib": 0.012, "mlp_vib:beta=0.01": 0.02, "mlp_dropout": 0.015}[label]
+    base = {"mlp_deterministic": 0.016, "mlp_vib:beta=0.0001": 0.014, "mlp_vib": 0.012, "mlp_vib:beta=0.01": 0.02, "mlp_dropout": 0.015,
+            "mlp_vib:latent_dim=2": 0.031}[label]  # fmt: skip
     return base + 0.001 * seed
 
 
@@ -121,7 +123,39 @@ def _shift(add, label, method, beta, s, rng):
             add("nll", 0.05 + 0.1 * severity, **cond)
 
 
-SECTION_ROWS = {"clean": _clean, "training": _training, "robustness": _robustness, "calibration": _calibration, "ood": _ood, "shift": _shift}
+def _paper_protocol(add, label, method, beta, s, rng):
+    """The paper's protocol shows VIB far ahead at every budget; the honest one leaves little (evaluation/paper_protocol.py)."""
+    vib = method == "vib"
+    clean = 1 - clean_test_error(label, s)
+    add("adversarial_accuracy", clean, attack="paper_fgs", path="paper", norm="linf", eps=0.0, n=1000)
+    for eps in (0.35, 0.5):
+        paper = (0.6 if vib else 0.04) - 0.2 * (eps - 0.35)
+        add("adversarial_accuracy", paper, attack="paper_fgs", path="paper", norm="linf", eps=eps, n=1000)
+        add("adversarial_accuracy", 0.01 if vib else 0.0, attack="paper_fgs", path="honest", norm="linf", eps=eps, n=1000)
+        add("adversarial_accuracy_all_draws", 0.0, attack="paper_fgs", path="honest", norm="linf", eps=eps, n=1000)
+    add("targeted_success_rate", 0.3 if vib else 1.0, attack="paper_cw", path="paper", norm="l2", n=200)
+    add("mean_success_distance", 2.5 if vib else 1.4, attack="paper_cw", path="paper", norm="l2", n=200)
+    add("targeted_success_rate", 1.0, attack="paper_cw", path="honest", norm="l2", n=200)
+    add("targeted_success_rate_any_draw", 1.0, attack="paper_cw", path="honest", norm="l2", n=200)
+    add("mean_success_distance", 1.9 if vib else 1.4, attack="paper_cw", path="honest", norm="l2", n=200)
+
+
+def _embedding(add, label, method, beta, s, rng):
+    if label != "mlp_vib:latent_dim=2":
+        return
+    for i in range(60):
+        c = i % 10
+        angle = 2 * math.pi * c / 10
+        mu = (4 * math.cos(angle) + 0.5 * rng.standard_normal(), 4 * math.sin(angle) + 0.5 * rng.standard_normal())
+        for metric, value in zip(("embedding_mu_0", "embedding_mu_1", "embedding_std_0", "embedding_std_1", "embedding_label"), (*mu, 0.3, 0.2, c)):
+            add(metric, value, split="test", eval_mode="predictor", bin=i)
+    add("error_one_sample", 0.034, split="test", eval_mode="predictor", n=10000)
+
+
+SECTION_ROWS = {
+    "clean": _clean, "training": _training, "robustness": _robustness, "calibration": _calibration, "ood": _ood, "shift": _shift,
+    "paper_protocol": _paper_protocol, "embedding": _embedding,
+}  # fmt: skip
 """Section -> function(add, label, method, beta, seed, rng) adding one (model, seed)'s rows of that section."""
 
 

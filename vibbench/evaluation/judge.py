@@ -18,6 +18,7 @@ from torch import nn
 
 from vibbench.core.errors import check_positive_int
 from vibbench.evaluation.inference import eval_mode, seeded_noise
+from vibbench.models.head import log_mean_softmax
 
 _MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9)  # odd 64-bit constants (splitmix64's) that spread (seed, draw, index)
 
@@ -53,7 +54,9 @@ class Judge:
         self.labels = labels
         self.seed = seed
         self.batch_size = batch_size
-        self.fixed_noise = bool(getattr(model, "stochastic", False)) and hasattr(model, "forward_details") and not getattr(model, "mean_mode", False)
+        self.fixed_noise = (  # a vibbench model's latent noise; any other module is seeded per draw and batch
+            bool(getattr(model, "stochastic", False)) and hasattr(model, "forward_details") and hasattr(model, "latent_dim") and not getattr(model, "mean_mode", False)
+        )
         self.stochastic = bool(getattr(model, "stochastic", False)) and not getattr(model, "mean_mode", False)
         self.draws = draws if self.stochastic else 1
         self.noise = None
@@ -70,15 +73,24 @@ class Judge:
         y = self.labels[pos.to(self.labels.device)]
         out = torch.empty(self.draws, n, dtype=torch.bool, device=images.device)
         with eval_mode(self.model):
-            for r in range(self.draws):
-                for i in range(0, n, self.batch_size):
-                    out[r, i : i + self.batch_size] = self._predict(images[i : i + self.batch_size], pos[i : i + self.batch_size], r) == y[i : i + self.batch_size]
+            for i in range(0, n, self.batch_size):
+                batch = slice(i, i + self.batch_size)
+                if self.noise is not None:
+                    out[:, batch] = self._predict_all(images[batch], pos[batch]) == y[batch]
+                    continue
+                for r in range(self.draws):
+                    out[r, batch] = self._predict(images[batch], r) == y[batch]
         return out
 
-    def _predict(self, x: torch.Tensor, pos: torch.Tensor, draw: int) -> torch.Tensor:
-        if self.noise is not None:
-            eps = self.noise[draw][:, pos].to(device=x.device)
-            return self.model.forward_details(x, num_samples=eps.shape[0], eps=eps).prediction().argmax(-1)
+    def _predict_all(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """(R, B) predicted classes of every draw from one encoder pass: the R draws' S samples each go through the
+        head together (the encoder is deterministic given x), each group of S averaged as the predictor does."""
+        r, s = self.noise.shape[:2]
+        eps = self.noise[:, :, pos].flatten(0, 1).to(device=x.device)  # (R * S, B, K)
+        logits = self.model.forward_details(x, num_samples=r * s, eps=eps).logits
+        return log_mean_softmax(logits.view(r, s, *logits.shape[1:]).transpose(0, 1)).argmax(-1)
+
+    def _predict(self, x: torch.Tensor, draw: int) -> torch.Tensor:
         # a deterministic model, or a stochastic one without fixed-noise support: seeded per draw and batch
         with seeded_noise(self.seed * 1_000_003 + draw, x.device):
             return self.model(x).argmax(-1)

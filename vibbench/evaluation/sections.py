@@ -23,6 +23,7 @@ from vibbench.evaluation.calibration import (
 from vibbench.evaluation.clean import EVAL_MODES
 from vibbench.evaluation.inference import predictions
 from vibbench.evaluation.ood import entropy_score, msp_score, ood_metrics, roc_curve
+from vibbench.evaluation.paper_protocol import embedding_records, paper_protocol_records
 from vibbench.evaluation.robustness import evaluate_robustness
 from vibbench.evaluation.settings import EvalConfig
 from vibbench.evaluation.subsets import evaluation_indices
@@ -128,6 +129,10 @@ SECTIONS: dict[str, Section] = {
     "ood": lambda model, d: ood_records(model, d.test, d.ood[1], d.ood[0], d.seed),
     "shift": lambda model, d: shift_records(model, d.test, d.cfg, d.seed),
     "robustness": lambda model, d: robustness_records(model, d.test, d.cfg, d.seed, d.label),
+    "paper_protocol": lambda model, d: paper_protocol_records(
+        model, d.test.images, d.test.labels, d.cfg.attacks, d.cfg.paper_protocol, seed=d.seed, label=d.label
+    ),
+    "embedding": lambda model, d: embedding_records(model, d.test.images, d.test.labels, d.cfg.paper_protocol, seed=d.seed),
 }
 """Every section the harness measures, in the order their records are written: the runner runs them, the report
 renders them."""
@@ -138,11 +143,17 @@ SECTION_SETTINGS: dict[str, tuple[int, Callable[[EvalConfig], dict]]] = {
     "ood": (1, lambda c: {"ood": c.ood}),
     "shift": (2, lambda c: {k: getattr(c, k) for k in ("corruptions", "severities", "shift_subset", "subset_seed", "calibration_bins")}),
     "robustness": (2, lambda c: {"attacks": c.attacks.to_dict() if c.attacks else None, "subset_seed": c.subset_seed}),
+    "paper_protocol": (1, lambda c: {"paper_protocol": _paper(c), "attacks": c.attacks.to_dict() if c.attacks else None}),
+    "embedding": (1, lambda c: {"embedding_images": c.paper_protocol.embedding_images if c.paper_protocol else None}),
 }
 """Per section: its version (raised when its code changes what it measures: calibration 2 = MCE over bins of >= 30
 examples; shift 2 = shot noise over a background level; robustness 2 = the judge) and the evaluation settings it
 reads. A section's cache entry is named by these alone, so a change to one section's settings re-runs that
 section only."""
+
+
+def _paper(c: EvalConfig) -> dict | None:
+    return c.paper_protocol.to_dict() if c.paper_protocol else None
 
 
 def section_key(section: str, cfg: EvalConfig) -> dict:
@@ -155,5 +166,10 @@ def enabled_sections(cfg: EvalConfig | None) -> list[str]:
     """The sections a run with evaluation settings `cfg` measures (none with --no-eval, i.e. cfg None)."""
     if cfg is None:
         return []
-    skipped = {"robustness": cfg.attacks is None, "ood": not cfg.ood}
+    skipped = {
+        "robustness": cfg.attacks is None,
+        "ood": not cfg.ood,
+        "paper_protocol": cfg.paper_protocol is None or cfg.attacks is None,  # its attacks take the attack settings
+        "embedding": cfg.paper_protocol is None,
+    }
     return [name for name in SECTIONS if not skipped.get(name, False)]

@@ -92,6 +92,38 @@ def autoattack_label(s: AttackSettings) -> str:
     return f"{head}; {rand}; each part attacks the images the judge still finds robust, and the strongest image found is kept"
 
 
+PAPER_TARGET_RULES = {
+    "all": "each of the other classes: every image attacked once toward each class it is not",
+    "next": "the next class, (y + 1) mod 10: 0 -> 1, as in the paper's Figure 4",
+}
+"""How the paper protocol's targeted C&W picks its target classes (see evaluation/paper_protocol.py)."""
+
+
+@dataclass(frozen=True)
+class PaperProtocolSettings:
+    """The robustness claim of Alemi et al. (2017, Sec. 4.2) measured as the paper ran it and, on the same images,
+    the honest way (evaluation/paper_protocol.py, which says what each choice follows); and the K = 2 embedding."""
+
+    images: int = 1000  # the FIRST N test images (the paper's set), for FGS and the clean column
+    fgs_eps: tuple[float, ...] = (0.35, 0.4, 0.45, 0.5)  # L-inf budgets of the paper's untargeted FGS
+    cw_images: int = 1000  # the first N of those are attacked by the targeted C&W L2 attack
+    cw_targets: str = "all"  # a key of PAPER_TARGET_RULES
+    embedding_images: int = 1000  # the first N test images whose K = 2 embedding is recorded
+
+    def __post_init__(self):
+        for name in ("images", "cw_images", "embedding_images"):
+            check_positive_int(f"paper protocol {name}", getattr(self, name))
+        if not self.fgs_eps:
+            raise VibbenchError("paper protocol fgs_eps is empty: give at least one L-infinity budget, e.g. (0.35, 0.4, 0.45, 0.5)")
+        for eps in self.fgs_eps:
+            check_eps("linf", eps)
+        if self.cw_targets not in PAPER_TARGET_RULES:
+            raise VibbenchError(unknown_name_message("paper protocol cw_targets", self.cw_targets, tuple(PAPER_TARGET_RULES)))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """What the harness measures beyond clean accuracy; part of a run's config and hash."""
@@ -103,6 +135,7 @@ class EvalConfig:
     severities: tuple[int, ...] = SEVERITIES
     shift_subset: int = 10_000  # N test images of the run's evaluation set are corrupted
     subset_seed: int = 0  # draws the run's evaluation set (evaluation/subsets.py), one for every model and seed
+    paper_protocol: PaperProtocolSettings | None = None  # None: no paper-protocol and embedding sections
 
     def __post_init__(self):
         for name in self.corruptions:
@@ -117,4 +150,7 @@ class EvalConfig:
         check_positive_int("calibration_bins", self.calibration_bins)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if self.paper_protocol is None:  # absent, not null: the hashes of runs without it stay as they were
+            del d["paper_protocol"]
+        return d

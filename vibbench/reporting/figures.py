@@ -29,7 +29,7 @@ from matplotlib.lines import Line2D
 from vibbench.core.atomic import atomic_write_bytes
 from vibbench.evaluation.attacks.registry import ATTACKS
 from vibbench.reporting.metrics import clean_rows, model_order, tidy_metrics
-from vibbench.reporting.stats import mean_ci95
+from vibbench.reporting.stats import mean_ci95, proportion_interval
 
 DPI = 150
 NORM_TITLES = {"linf": "L∞", "l2": "L2"}
@@ -288,8 +288,9 @@ def reliability_figure(df: pd.DataFrame) -> Figure | None:
 
 
 def _vib_clean(df: pd.DataFrame) -> pd.DataFrame:
+    """The clean test rows of the β sweep's VIB models: not the K = 2 embedding model, whose bottleneck differs."""
     d = clean_rows(df)
-    return d[(d.method == "vib") & (d.split == "test") & (d.beta > 0)]
+    return d[(d.method == "vib") & (d.split == "test") & (d.beta > 0) & ~d.label.isin(embedding_labels(df))]
 
 
 @styled
@@ -476,6 +477,149 @@ def shift_figure(df: pd.DataFrame) -> Figure | None:
     return fig
 
 
+# ---------------------------------------------------------------------------------------------
+# the paper's robustness claim measured two ways, and the K = 2 embedding (evaluation/paper_protocol.py)
+
+PAPER_PROTOCOL_METRICS = (
+    "adversarial_accuracy", "adversarial_accuracy_all_draws", "targeted_success_rate", "targeted_success_rate_any_draw",
+    "mean_success_distance",
+)  # fmt: skip
+"""The metrics of the paper-protocol section's rows (attack paper_fgs or paper_cw, path paper or honest)."""
+PROTOCOL_STYLE = {"paper": ("o", "C3", "paper protocol (as the paper ran it)"), "honest": ("s", "C0", "honest protocol (EOT, mean path, judge)")}
+CHI2_95_2D = 5.991464547107979
+"""The 0.95 quantile of chi-square with 2 degrees of freedom: a 2-D Gaussian's 95% region is the ellipse of
+semi-axes sqrt(5.99) std (scipy.stats.chi2.ppf(0.95, 2))."""
+
+
+def embedding_labels(df: pd.DataFrame) -> list[str]:
+    """The models with K = 2 embedding rows, in order."""
+    return model_order(df[df.metric.astype(str).str.startswith("embedding_")]) if len(df) else []
+
+
+def protocol_models(d: pd.DataFrame) -> list[str]:
+    """The labels of `d`: the models that are not VIB in order of appearance, then the VIB models by β (then label)."""
+    first = d.drop_duplicates("label")
+    others = [lab for lab, m in zip(first.label, first.method) if m != "vib"]
+    vib = first[first.method == "vib"].sort_values(["beta", "label"], kind="stable").label.tolist()
+    return others + vib
+
+
+def protocol_estimate(d: pd.DataFrame, label: str, path: str, metric: str, eps: float | None = None) -> tuple[float, float, float] | None:
+    """(mean, low, high) of one model's number under one protocol (path paper or honest): the 95% Wilson interval of
+    its n for one seed, the t-interval over several; None when absent."""
+    sel = d[(d.label == label) & (d.path == path) & (d.metric == metric)]
+    if eps is not None:
+        sel = sel[np.isclose(sel.eps.to_numpy(dtype=float), eps, rtol=0, atol=1e-9)]
+    sel = sel[sel.value.notna()]
+    if sel.empty:
+        return None
+    values = sel.groupby("seed")["value"].mean().tolist()
+    sizes = set(sel.n.dropna().astype(int))
+    return proportion_interval(values, sizes.pop() if len(sizes) == 1 else None)
+
+
+def _protocol_panel(ax, d: pd.DataFrame, labels: list[str], metric: str, eps: float | None, xlabel: str) -> None:
+    """Per model (rows): the paper-protocol and the honest number with their 95% intervals, joined by a line."""
+    for i, label in enumerate(labels):
+        points = {p: protocol_estimate(d, label, p, metric, eps) for p in PROTOCOL_STYLE}
+        shown = [100 * v[0] for v in points.values() if v is not None]
+        if len(shown) == 2:
+            ax.plot(shown, [i, i], color="0.6", lw=1.2, zorder=1)
+        for path, est in points.items():
+            if est is None:
+                continue
+            marker, color, _ = PROTOCOL_STYLE[path]
+            mean, low, high = (100 * v for v in est)
+            err = None if math.isnan(low) else [[mean - low], [high - mean]]
+            ax.errorbar([mean], [i], xerr=err, fmt=marker, color=color, mfc=color if path == "paper" else "white", ms=6, capsize=2, lw=1, zorder=3)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    ax.set_xlim(-3, 103)
+    ax.set_xlabel(xlabel)
+
+
+def _protocol_legend(fig: Figure) -> None:
+    handles = [Line2D([], [], marker=m, color=c, mfc=c if p == "paper" else "white", ls="", label=text) for p, (m, c, text) in PROTOCOL_STYLE.items()]
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize="small")
+
+
+@styled
+def paper_protocol_linf_figure(df: pd.DataFrame) -> Figure | None:
+    """The paper's FGS budgets: accuracy on adversarial images per model, paper protocol beside honest, one panel per ε."""
+    df = tidy_metrics(df)
+    d = df[(df.attack == "paper_fgs") & (df.metric == "adversarial_accuracy") & (df.eps > 0)]
+    if d.empty:
+        return None
+    budgets = sorted(set(d.eps))
+    labels = protocol_models(d)
+    fig = new_figure(2.6 * len(budgets) + 2.2, 1.2 + 0.3 * len(labels))
+    axes = fig.subplots(1, len(budgets), sharey=True, squeeze=False)[0]
+    for ax, eps in zip(axes, budgets):
+        _protocol_panel(ax, d, labels, "adversarial_accuracy", eps, "accuracy (%)")
+        ax.set_title(f"ε = {eps:g}")
+    n = int(d.n.max()) if d.n.notna().any() else None
+    fig.suptitle(f"FGS (L∞) on the first {n} test images: the paper's protocol and the honest one" if n else "FGS (L∞): the paper's protocol and the honest one")
+    _protocol_legend(fig)
+    return fig
+
+
+@styled
+def paper_protocol_l2_figure(df: pd.DataFrame) -> Figure | None:
+    """The targeted C&W L2 attack: success rate per model, paper protocol beside honest."""
+    df = tidy_metrics(df)
+    d = df[(df.attack == "paper_cw") & (df.metric == "targeted_success_rate")]
+    if d.empty:
+        return None
+    labels = protocol_models(d)
+    fig = new_figure(6.4, 1.2 + 0.3 * len(labels))
+    ax = fig.add_subplot()
+    _protocol_panel(ax, d, labels, "targeted_success_rate", None, "targeted success rate (%; lower = more robust)")
+    n = int(d.n.max()) if d.n.notna().any() else None
+    ax.set_title(f"Targeted C&W (L2) on the first {n} test images" if n else "Targeted C&W (L2)")
+    _protocol_legend(fig)
+    return fig
+
+
+@styled
+def embedding_figure(df: pd.DataFrame) -> Figure | None:
+    """The K = 2 embedding: the means of q(z|x) of the first test images by class, with 95% ellipses from the std
+    (Alemi et al. 2017, Fig. 2); one panel per K = 2 model (its first seed)."""
+    from matplotlib.collections import EllipseCollection
+    from matplotlib.patches import Patch
+
+    df = tidy_metrics(df)
+    emb = df[df.metric.str.startswith("embedding_") & df.bin.notna()]
+    if emb.empty:
+        return None
+    labels = model_order(emb)
+    colors = sns.color_palette("tab10", 10)
+    scale = math.sqrt(CHI2_95_2D)
+    fig = new_figure(4.4 * len(labels) + 1.4, 4.4)
+    axes = fig.subplots(1, len(labels), squeeze=False)[0]
+    for ax, label in zip(axes, labels):
+        m = emb[(emb.label == label) & (emb.seed == emb.seed[emb.label == label].min())]
+        w = m.pivot_table(index="bin", columns="metric", values="value", aggfunc="first").dropna()
+        if not {"embedding_mu_0", "embedding_mu_1", "embedding_std_0", "embedding_std_1", "embedding_label"} <= set(w.columns):
+            continue
+        mu = w[["embedding_mu_0", "embedding_mu_1"]].to_numpy()
+        std = w[["embedding_std_0", "embedding_std_1"]].to_numpy()
+        cls = w.embedding_label.to_numpy().astype(int) % 10
+        rgb = np.array([colors[c] for c in cls])
+        ax.add_collection(EllipseCollection(
+            2 * scale * std[:, 0], 2 * scale * std[:, 1], np.zeros(len(w)), units="xy", offsets=mu, offset_transform=ax.transData,
+            facecolors=np.c_[rgb, np.full(len(w), 0.12)], edgecolors=np.c_[rgb, np.full(len(w), 0.5)], linewidths=0.4,
+        ))  # fmt: skip
+        ax.scatter(mu[:, 0], mu[:, 1], c=rgb, s=3, zorder=3)
+        low, high = (mu - scale * std).min(0), (mu + scale * std).max(0)
+        pad = 0.05 * (high - low).max()
+        ax.set(xlim=(low[0] - pad, high[0] + pad), ylim=(low[1] - pad, high[1] + pad), xlabel="z₁", ylabel="z₂", title=f"{label} ({len(w)} test images)")
+        ax.set_aspect("equal", adjustable="box")
+    handles = [Patch(color=colors[c], label=str(c)) for c in range(10)]
+    fig.legend(handles=handles, loc="outside right center", title="class", fontsize="small", title_fontsize="small")
+    fig.suptitle("Two-dimensional embedding: means of q(z|x) with 95% ellipses")
+    return fig
+
+
 FIGURES = {
     "clean_error": clean_error_figure,
     "robust_accuracy": robustness_figure,
@@ -484,5 +628,8 @@ FIGURES = {
     "information_plane": information_plane_figure,
     "ood_roc": ood_roc_figure,
     "shift": shift_figure,
+    "paper_protocol_linf": paper_protocol_linf_figure,
+    "paper_protocol_l2": paper_protocol_l2_figure,
+    "embedding": embedding_figure,
 }
 """Figure name (file stem under figures/) -> function drawing it from the metrics DataFrame."""

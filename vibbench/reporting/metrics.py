@@ -39,6 +39,12 @@ COLUMNS = ID_COLUMNS + CONDITION_COLUMNS + ("metric", "value")
 - ood:         split test, ood (the OOD dataset), score msp|entropy|rate; metric auroc, aupr, fpr95; ROC curve: bin (point index),
                metric roc_fpr, roc_tpr
 - shift:       split test, eval_mode predictor, corruption, severity (1..5); metric accuracy, ece, nll
+- paper protocol (evaluation/paper_protocol.py): split test, eval_mode predictor, attack paper_fgs (norm linf, eps; 0 =
+               clean) or paper_cw (norm l2, n = images attacked), path paper|honest; metric adversarial_accuracy,
+               adversarial_accuracy_all_draws (honest), targeted_success_rate, targeted_success_rate_any_draw (honest),
+               mean_success_distance (L2, over the successes)
+- embedding:   a K = 2 VIB only: split test, eval_mode predictor, bin (test index), metric embedding_mu_0/1,
+               embedding_std_0/1, embedding_label; and (no bin, n) error_one_sample: test error with one draw of z
 """
 
 
@@ -52,11 +58,17 @@ STRING_COLUMNS = tuple(c for c in COLUMNS if c not in NUMERIC_COLUMNS)
 CONDITIONS_BEYOND_CLEAN = ("attack", "path", "norm", "corruption", "ood", "score", "calibration")
 
 
-def write_metrics(rows: list[dict], path: Path) -> pd.DataFrame:
-    """Write metrics.csv, and the timing rows to timing.csv beside it; returns all rows."""
+def metrics_frame(rows: list[dict]) -> pd.DataFrame:
+    """The measurement records `rows` as the metrics table: the columns of COLUMNS in order, counts as integers."""
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     for col in ("severity", "bin", "n"):
         df[col] = df[col].astype("Int64")
+    return df
+
+
+def write_metrics(rows: list[dict], path: Path) -> pd.DataFrame:
+    """Write metrics.csv, and the timing rows to timing.csv beside it; returns all rows."""
+    df = metrics_frame(rows)
     timing = df.metric.isin(TIMING_METRICS)
     atomic_write_text(path, df[~timing].to_csv(index=False, float_format="%.10g"))
     atomic_write_text(Path(path).with_name("timing.csv"), df[timing].to_csv(index=False, float_format="%.10g"))
@@ -67,11 +79,16 @@ FRACTION_METRICS = (
     "accuracy", "error", "robust_accuracy", "robust_accuracy_all_draws", "judge_disagreement", "large_eps_accuracy",
     "attack_success_rate", "zero_grad_fraction", "ece", "mce", "adaptive_ece", "auroc", "aupr", "fpr95", "roc_fpr",
     "roc_tpr", "reliability_accuracy", "reliability_confidence", "reliability_lower", "reliability_upper",
+    "adversarial_accuracy", "adversarial_accuracy_all_draws", "targeted_success_rate", "targeted_success_rate_any_draw",
+    "error_one_sample",
 )  # fmt: skip
 """Metrics that are fractions: a value outside [0, 1] (an accuracy of 5.0 would print as 500.00%) is refused on read,
 as is any flag_<check> other than 0 or 1. NaN (an empty cell) is an absent measurement and passes."""
 
-NONNEGATIVE_METRICS = ("seconds", "examples_per_second", "reliability_count", "temperature", "median_adv_distance", "worst_case_radius")
+NONNEGATIVE_METRICS = (
+    "seconds", "examples_per_second", "reliability_count", "temperature", "median_adv_distance", "worst_case_radius",
+    "mean_success_distance", "embedding_std_0", "embedding_std_1", "embedding_label",
+)  # fmt: skip
 """Metrics that cannot be negative (they may be infinite: median_adv_distance when most images resist)."""
 
 RANGE_TOLERANCE = 1e-9
@@ -207,7 +224,7 @@ def _check_one_run(df: pd.DataFrame, source: str) -> None:
         shown = ", ".join(run_ids[:4]) + (f" and {len(run_ids) - 4} more" if len(run_ids) > 4 else "")
         raise VibbenchError(
             f"{source}: rows of {len(run_ids)} runs in one folder ({shown}), but a report is of one run. Keep each run in its own "
-            "folder, and compare runs side by side instead of pooling them (a `vibbench compare` command is planned)"
+            "folder, and compare runs side by side instead of pooling them: `vibbench compare DIR_A DIR_B`"
         )
 
 

@@ -23,8 +23,10 @@ import numpy as np
 import pandas as pd
 
 from vibbench.core.atomic import atomic_write_text
+from vibbench.core.manifest import read_manifest, record_rewritten
 from vibbench.evaluation.masking import FLAGS
-from vibbench.reporting.figures import ATTACK_NAMES, FIGURES, MODE_NAMES, NORM_TITLES, SCORE_NAMES, save_figure
+from vibbench.reporting.figures import ATTACK_NAMES, FIGURES, MODE_NAMES, NORM_TITLES, PAPER_PROTOCOL_METRICS, SCORE_NAMES, save_figure
+from vibbench.reporting.paper_section import embedding_section, paper_protocol_section
 from vibbench.reporting.markdown import markdown_table
 from vibbench.reporting.stats import mcnemar_exact
 from vibbench.core.errors import VibbenchError
@@ -289,7 +291,7 @@ def _flags_by_model(d: pd.DataFrame) -> dict[str, str]:
 
 
 def _robustness_section(d: pd.DataFrame, ctx: dict, embed: Embed) -> list[str]:
-    rob = d[d.attack != ""]
+    rob = d[(d.attack != "") & ~d.metric.isin(PAPER_PROTOCOL_METRICS)]  # the paper protocol has its own section
     ra = rob[(rob.metric == "robust_accuracy") & rob.norm.isin(list(NORM_TITLES)) & rob.eps.notna()]
     if ra.empty:
         return _not_run("metrics.csv has no adversarial robustness rows (attack, norm, eps).")
@@ -683,10 +685,14 @@ REPORT_SECTIONS: dict[str, tuple[str, Callable]] = {
     "shift": ("Distribution shift", _shift_section),
     "sweep": ("The β sweep", _sweep_section),
     "training": ("Training", _training_section),
+    "paper_protocol": ("The paper's robustness claim: paper protocol and honest protocol", paper_protocol_section),
+    "embedding": ("Two-dimensional embedding (K = 2)", embedding_section),
 }
 """Every section of the report, by name, in the report's order: (title, builder of its Markdown lines). Each
 evaluation section of `vibbench.evaluation.sections.SECTIONS` has its entry under the same name; clean, published,
-sweep and training are drawn from the run's clean and training rows (published: `reporting/published.py`)."""
+sweep and training are drawn from the run's clean and training rows (published: `reporting/published.py`). The last
+two (`reporting/paper_section.py`) are optional: a builder that returns None for every dataset (the rows are absent)
+leaves its section out, heading and number included, so the numbers of the others never change."""
 
 SECTIONS = tuple(title for title, _ in REPORT_SECTIONS.values())
 """The sections' titles, numbered in this order in report.md."""
@@ -729,12 +735,11 @@ def build_report(
 
     lines = _provenance_lines(df, config, prov, problems or [], partial)
     ctx = {"config": config, "prov": prov}
-    for number, (title, builder) in enumerate(REPORT_SECTIONS.values(), start=1):
-        lines += ["", f"## {number}. {title}"]
+    number = 0
+    for name, (title, builder) in REPORT_SECTIONS.items():
+        bodies = []
         for dataset in datasets:
             d = df[df.dataset == dataset] if len(df) else df
-            if multi:
-                lines += ["", f"### {dataset}"]
 
             def embed(name: str, caption: str, dataset=dataset) -> list[str]:
                 key = f"{name}_{_slug(dataset)}" if multi else name
@@ -742,7 +747,13 @@ def build_report(
                     return []
                 return [f"![{caption}](figures/{key}.png)", "", f"*{caption}.* ([PDF](figures/{key}.pdf))"]
 
-            lines += ["", *builder(d, ctx, embed)]
+            bodies.append((dataset, builder(d, ctx, embed)))
+        if all(body is None for _, body in bodies):  # an optional section without its rows is left out
+            continue
+        number += 1
+        lines += ["", f"## {number}. {title}"]
+        for dataset, body in bodies:
+            lines += (["", f"### {dataset}"] if multi else []) + ["", *(body if body is not None else _not_run("no rows of this section for this dataset."))]
     text = "\n".join(lines).rstrip() + "\n"
     text = re.sub(r"\n{3,}", "\n\n", text)
     return text, figures
@@ -803,14 +814,19 @@ def write_report(run_dir: Path, df: pd.DataFrame | None = None, *, allow_partial
     for name, fig in figures.items():
         if fig is not None:
             drawn.update(p.name for p in save_figure(fig, folder, name))
-    # figures of an earlier build whose data are gone now (or that were per dataset) must not linger
+    # figures of an earlier build whose data are gone now (or that were per dataset) must not linger; where the
+    # folder's manifest lists what vibbench wrote, only those (a file of the user's is never deleted)
+    manifest = read_manifest(run_dir)
+    removed = []
     for base in FIGURES:
         for pattern in (f"{base}.png", f"{base}.pdf", f"{base}_*.png", f"{base}_*.pdf"):
             for stale in folder.glob(pattern):
-                if stale.name not in drawn:
+                if stale.name not in drawn and (manifest is None or not manifest.complete or manifest.lists(run_dir, stale)):
                     stale.unlink(missing_ok=True)
+                    removed.append(stale)
     path = run_dir / "report.md"
     atomic_write_text(path, text)
+    record_rewritten(run_dir, [path, *(folder / name for name in sorted(drawn))], removed)
     return path
 
 

@@ -11,10 +11,12 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 
-from vibbench.evaluation.settings import AttackSettings, EvalConfig
+from vibbench.data.datasets import class_count
+from vibbench.evaluation.settings import AttackSettings, EvalConfig, PaperProtocolSettings
 from vibbench.training.config import TrainConfig
 from vibbench.core.errors import VibbenchError, unknown_name_message
 from vibbench.core.hashing import stable_hash
+from vibbench.core.progress import log
 from vibbench.models.backbones import backbone_code
 from vibbench.models.plugins import load_plugins
 from vibbench.models.registry import ARCHITECTURE_OPTIONS, check_model, create_model, list_models
@@ -75,9 +77,45 @@ def _resolve(spec: ModelSpec) -> tuple:
     )
 
 
+MODEL_OPTIONS = HYPERPARAMETERS + ("latent_dim", "num_classes")
+"""What `NAME:key=value` may set: create_model's options but eval_samples and train_samples, which are the run's
+(one TrainConfig for every model: set them under [train] in a --config file)."""
+
+RUN_LEVEL_OPTIONS = ("eval_samples", "train_samples")
+
+
+def _option_value(key: str, text: str, entry: str) -> float | int:
+    """The value of `key=text` in `entry`: a float for a hyperparameter, a whole number for latent_dim and
+    num_classes; text that is no such number, or a number a float cannot hold (1e-400 would be 0, 1e400 inf), is refused."""
+    import decimal
+
+    where = f"for {key} in {entry!r}"
+    if key in HYPERPARAMETERS:
+        try:
+            value = float(text)
+        except ValueError:
+            raise VibbenchError(f"bad value {text!r} {where}: expected a number") from None
+        try:
+            underflow = value == 0.0 and decimal.Decimal(text.strip().replace("_", "")) != 0
+        except decimal.InvalidOperation:
+            underflow = False
+        if underflow:
+            raise VibbenchError(f"bad value {text!r} {where}: a float cannot hold it (it would be 0); write 0, or a value of at least 1e-308")
+        if abs(value) == float("inf") and text.strip().lstrip("+-").lower() not in ("inf", "infinity"):
+            raise VibbenchError(f"bad value {text!r} {where}: a float cannot hold it (it would be inf)")
+        return value
+    try:
+        return int(text)
+    except ValueError:
+        raise VibbenchError(f"bad value {text!r} {where}: expected a whole number") from None
+
+
 def parse_model_specs(patterns: list[str] | tuple[str, ...]) -> tuple[ModelSpec, ...]:
-    """Expand `PATTERN[:key=value,...]` entries into model specs, in order, without duplicates."""
+    """Expand `PATTERN[:key=value,...]` entries into model specs, in order, each model once: an entry that names a
+    model already given (another spelling of the same model, or a pattern matching it again) is dropped with a note
+    in the log. Keys: `MODEL_OPTIONS`; every value is checked as create_model checks it."""
     specs: list[ModelSpec] = []
+    seen: dict[tuple, ModelSpec] = {}
     for entry in patterns:
         pattern, _, opts = entry.partition(":")
         names = list_models(pattern)
@@ -86,22 +124,30 @@ def parse_model_specs(patterns: list[str] | tuple[str, ...]) -> tuple[ModelSpec,
                 unknown_name_message("model or pattern", pattern, list_models())
                 + " (see `vibbench list`; models of your own backbones or methods need --plugin MODULE)"
             )
-        overrides = []
+        overrides = {}
         for item in filter(None, opts.split(",")):
             key, eq, value = item.partition("=")
-            if not eq or key not in HYPERPARAMETERS:
+            key = key.strip()
+            if key in RUN_LEVEL_OPTIONS:
                 raise VibbenchError(
-                    f"bad model option {item!r} in {entry!r}: write NAME:key=value with key one of {', '.join(HYPERPARAMETERS)}"
+                    f"{key} in {entry!r} is a setting of the whole run, not of one model: set it under [train] in a --config file"
                 )
-            try:
-                overrides.append((key, float(value)))
-            except ValueError:
-                raise VibbenchError(f"bad value {value!r} for {key} in {entry!r}: expected a number") from None
+            if not eq or key not in MODEL_OPTIONS:
+                raise VibbenchError(
+                    f"bad model option {item!r} in {entry!r}: write NAME:key=value with key one of {', '.join(MODEL_OPTIONS)}"
+                )
+            if key in overrides:
+                raise VibbenchError(f"{key} is given twice in {entry!r}")
+            overrides[key] = _option_value(key, value, entry)
         for name in names:
-            spec = ModelSpec(name, tuple(sorted(overrides)))
-            check_model(name, **dict(spec.overrides))  # e.g. beta < 0, beta on a non-VIB model
-            if spec not in specs:
-                specs.append(spec)
+            spec = ModelSpec(name, tuple(sorted(overrides.items())))
+            check_model(name, **dict(spec.overrides))  # e.g. beta < 0, beta on a non-VIB model, latent_dim=0
+            same = _resolve(spec)  # what it builds: mlp_vib and mlp_vib:beta=1e-3 are one model
+            if same in seen:
+                log(f"note: {spec.text} is {seen[same].text} again (the same model): it runs once")
+                continue
+            seen[same] = spec
+            specs.append(spec)
     return tuple(specs)
 
 
@@ -111,6 +157,10 @@ PAPER_BETAS = (1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 1e-1, 1.0)
 
 def beta_sweep(betas) -> tuple[str, ...]:
     return tuple(f"mlp_vib:beta={b:g}" for b in betas)
+
+
+EMBEDDING_MODEL = "mlp_vib:latent_dim=2"
+"""The paper's two-dimensional embedding (Alemi et al. 2017, Fig. 2): VIB at the registry's beta 1e-3 with K = 2."""
 
 
 @dataclass(frozen=True)
@@ -149,7 +199,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "quick": Profile(
         TrainConfig(epochs=10),
-        ("mlp_*",) + beta_sweep((1e-6, 1e-4, 1e-2, 1e-1)),
+        ("mlp_*",) + beta_sweep((1e-6, 1e-4, 1e-2, 1e-1)) + (EMBEDDING_MODEL,),
         1,
         "the default: all MNIST-MLP methods and a short beta sweep, 10 epochs on the full training split, 1 seed",
         EvalConfig(
@@ -161,14 +211,16 @@ PROFILES: dict[str, Profile] = {
                 eot_iter=4,
             ),
             shift_subset=2000,
+            # the paper's 1000 images for FGS; targeted C&W on the first 200, toward the next class only (CPU time)
+            paper_protocol=PaperProtocolSettings(cw_images=200, cw_targets="next"),
         ),
     ),
     "paper": Profile(
         TrainConfig(epochs=200),
-        ("mlp_*",) + beta_sweep(PAPER_BETAS),
+        ("mlp_*",) + beta_sweep(PAPER_BETAS) + (EMBEDDING_MODEL,),
         3,
         "the paper's protocol: 200 epochs, 3 seeds, the paper's beta grid, full attack budgets; meant for a GPU",
-        EvalConfig(attacks=AttackSettings(eot_iter=20)),
+        EvalConfig(attacks=AttackSettings(eot_iter=20), paper_protocol=PaperProtocolSettings()),
     ),
 }
 
@@ -281,10 +333,15 @@ def make_run_config(
         if name not in known:
             raise VibbenchError(unknown_name_message("training field", name, known))
     train = dataclasses.replace(prof.train, **changes)
+    specs = parse_model_specs(models or prof.models)
+    for spec in specs:  # now, not when the first job is built: a failed start leaves nothing behind
+        classes = dict(spec.overrides).get("num_classes")
+        if classes is not None and classes != class_count(train.dataset):
+            raise VibbenchError(f"{spec.label} predicts {classes} classes but {train.dataset} has {class_count(train.dataset)}")
     return RunConfig(
         profile=profile,
         train=train,
-        models=parse_model_specs(models or prof.models),
+        models=specs,
         seeds=tuple(range(seeds or prof.seeds)),
         device=resolve_device(device, local_device),
         eval=prof.eval if evaluate else None,

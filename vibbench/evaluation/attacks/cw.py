@@ -37,10 +37,14 @@ class PositiveLogits(nn.Module):
         return out - out.detach().amin(dim=1, keepdim=True) + 1.0
 
 
-def build(r: AttackRequest):
-    """CW at the constant `r.cw_c`, run on the squeezed images (its budget eps is not used: it is minimal)."""
+def build(r: AttackRequest, target_map=None):
+    """CW at the constant `r.cw_c`, run on the squeezed images (its budget eps is not used: it is minimal).
+    `target_map` (images, labels) -> target classes makes it targeted (torchattacks' set_mode_targeted_by_function):
+    it then ends at the smallest perturbation its own forward passes classified as the target."""
     import torchattacks
 
     s = r.settings
     attack = torchattacks.CW(PositiveLogits(r.target), c=r.cw_c, kappa=0, steps=s.cw_steps, lr=s.cw_lr)
+    if target_map is not None:
+        attack.set_mode_targeted_by_function(target_map, quiet=True)
     return lambda images, labels: attack(images * (1 - 2 * CW_SQUEEZE) + CW_SQUEEZE, labels)

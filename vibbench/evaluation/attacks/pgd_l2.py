@@ -9,7 +9,8 @@ It is torchattacks' PGDL2 with two changes, both in how a step's direction is co
   into any other at 28). Here the per-example gradient of the summed loss is divided by its own norm (after
   scaling by its largest entry, so the norm cannot underflow), so the step has length alpha whenever the gradient is not exactly
   zero. Where it is exactly zero the image does not move; the zero-gradient check reports such examples.
-- the EOT average over draws (torchattacks has no L2 EOT attack).
+- the EOT average over draws (torchattacks has no L2 EOT attack), taken by `AttackTarget.draws`: one encoder
+  pass for all draws of a stochastic model.
 
 With eot_iter = 1 and a gradient far above 1e-10 the iterates equal torchattacks' PGDL2 (a test checks this).
 """
@@ -43,10 +44,9 @@ def build(r: AttackRequest):
             tiny = torch.finfo(torch.float32).tiny
             for _ in range(self.steps):
                 adv.requires_grad_(True)
-                grad = torch.zeros_like(adv)
-                for _ in range(self.eot_iter):
-                    loss = F.cross_entropy(self.get_logits(adv), labels, reduction="sum")
-                    grad += torch.autograd.grad(loss, adv)[0]
+                out = self.model.draws(adv, self.eot_iter) if self.eot_iter > 1 else self.get_logits(adv)[None]
+                loss = F.cross_entropy(out.flatten(0, 1), labels.repeat(out.shape[0]), reduction="sum")
+                grad = torch.autograd.grad(loss, adv)[0]
                 # scaled by the largest entry first, so that squaring 1e-20-sized entries cannot underflow the norm
                 grad = grad / grad.view(n, -1).abs().amax(1).clamp_min(tiny).view(n, 1, 1, 1)
                 adv = adv.detach() + self.alpha * grad / grad.view(n, -1).norm(p=2, dim=1).clamp_min(tiny).view(n, 1, 1, 1)

@@ -11,6 +11,7 @@ from torch import nn
 from vibbench.core.errors import VibbenchError, unknown_name_message
 from vibbench.evaluation.inference import eval_mode, mean_mode
 from vibbench.models.classifier import Classifier
+from vibbench.models.head import log_mean_softmax
 
 PATHS = ("direct", "mean", "eot")
 """direct: a deterministic model as it is; mean: a stochastic model's z = mu path; eot: its stochastic predictor with EOT."""
@@ -34,9 +35,31 @@ class AttackTarget(nn.Module):
         with mean_mode(self.model, self.path == "mean"):
             return self.model(x).float()
 
+    def draws(self, x: torch.Tensor, k: int, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """(k, N, C): k independent forward passes, as k calls of `forward` would give (an EOT step's k draws).
+
+        On a stochastic model's EOT path the encoder is deterministic given x and only z is random, so the k
+        draws of its S-sample predictor share one encoder pass: k x S samples of z in the head, each group of S
+        averaged as the predictor does. The same quantity as k calls, at the cost of one encoder pass. `eps`
+        (k x S, N, K) fixes that noise (draw j takes rows j*S to (j+1)*S).
+        """
+        model = self.model
+        if self.path == "eot" and getattr(model, "stochastic", False) and hasattr(model, "forward_details") and hasattr(model, "eval_samples"):
+            s = model.num_samples
+            with mean_mode(model, False):
+                logits = model.forward_details(x, num_samples=k * s, eps=eps).logits.float()  # (k * s, N, C)
+            return log_mean_softmax(logits.view(k, s, *logits.shape[1:]).transpose(0, 1))
+        if eps is not None:
+            raise VibbenchError("fixed noise for the draws needs a stochastic model's EOT path with forward_details")
+        return torch.stack([self(x) for _ in range(k)])
+
 
 def paths_for(model: Classifier) -> tuple[str, ...]:
-    return ("mean", "eot") if model.stochastic else ("direct",)
+    """The paths a model is attacked on; a stochastic module of your own without a mean path (`has_mean_path` False,
+    models/external.py) on the EOT path only."""
+    if not model.stochastic:
+        return ("direct",)
+    return ("mean", "eot") if getattr(model, "has_mean_path", True) else ("eot",)
 
 
 def input_gradients(model: Classifier, images: torch.Tensor, labels: torch.Tensor, path: str) -> torch.Tensor:

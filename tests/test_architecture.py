@@ -36,9 +36,10 @@ LAYERS = {
 models and data share a rank and may not import each other."""
 
 FACADE_MAY_IMPORT = {"core", "models"}
-FACADE_MAY_IMPORT_MODULES = {"vibbench.runs.trained"}
-"""vibbench/__init__.py re-exports the public API (models, the error type, and load_model, which reads a run's
-trained models from the cache in runs/trained.py), nothing more; lazily, so `import vibbench` loads none of it."""
+FACADE_MAY_IMPORT_MODULES = {"vibbench.runs.trained", "vibbench.runs.evaluate"}
+"""vibbench/__init__.py re-exports the public API (models, the error type, load_model, which reads a run's trained
+models from the cache in runs/trained.py, and evaluate, the harness on a model of your own in runs/evaluate.py),
+nothing more; lazily, so `import vibbench` loads none of it."""
 
 DYNAMIC_IMPORTS = {"import_module", "__import__"}
 """Functions that import a module named at run time: allowed in the facade and the plugin loader only."""

@@ -16,6 +16,7 @@ _API = {
     "Method": "vibbench.models.methods",
     "VibbenchError": "vibbench.core.errors",
     "create_model": "vibbench.models.registry",
+    "evaluate": "vibbench.runs.evaluate",
     "kl_divergence": "vibbench.models.head",
     "list_models": "vibbench.models.registry",
     "load_model": "vibbench.runs.trained",

@@ -1,4 +1,4 @@
-"""The `vibbench` command line: run, eval, report, show, export, bench, list, data.
+"""The `vibbench` command line: run, eval, report, compare, show, export, bench, list, data.
 
 Each subcommand imports what it needs when it runs, so `vibbench --help` and `vibbench list` load no
 more than they use. The options of run, eval and data are added to their parsers only when that
@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from vibbench.core.errors import VibbenchError, check_positive_int, describe_os_error, unknown_name_message
+
+STARTED = time.perf_counter()
+"""When the command started (this module is imported first): a run's wall time counts from here."""
 
 
 def _positive_int(text: str) -> int:
@@ -27,7 +31,24 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-class _LazyParser(argparse.ArgumentParser):
+def _installed_version() -> str:
+    """The installed package's version (its metadata, as pip sees it)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("vibbench")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed: run pip install -e .)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose usage errors are one line, as every other error of vibbench: the message, then where the usage is."""
+
+    def error(self, message: str):
+        self.exit(2, f"vibbench: error: {message} (usage: {self.prog} --help)\n")
+
+
+class _LazyParser(_Parser):
     """A subcommand's parser whose options `build(parser)` adds the first time it parses or formats its help."""
 
     def __init__(self, *args, build=None, **kwargs):
@@ -53,7 +74,8 @@ class _LazyParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vibbench", description="Benchmark suite for Variational Information Bottleneck classifiers.")
+    parser = _Parser(prog="vibbench", description="Benchmark suite for Variational Information Bottleneck classifiers.")
+    parser.add_argument("--version", action="version", version=f"vibbench {_installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_LazyParser)
     sub.add_parser("run", help="train the registry under one config, evaluate it and write results/", build=_run_parser)
     sub.add_parser("eval", help="evaluate the cached models of a run (no training) and write results/", build=_eval_parser)
@@ -64,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-partial", action="store_true",
         help="report a metrics.csv that lacks some of the models or seeds config.json lists (or was cut off within its last row); the report says so at its top",
     )
+
+    compare = sub.add_parser("compare", help="set the headline metrics of several runs side by side, with their differences and 95%% intervals")
+    compare.add_argument("run_dirs", nargs="+", type=Path, metavar="DIR", help="results folders; the first is the reference (A)")
+    compare.add_argument("-o", "--out", type=Path, metavar="FILE.md", help="where to write the comparison (default: results/compare-<hash of the run ids>.md); its figure goes beside it as FILE.png and FILE.pdf")
+    compare.add_argument("--allow-different", action="store_true", help="compare runs of different datasets or evaluation sets (unpaired intervals)")
 
     show = sub.add_parser("show", help="print a results folder's summary, run id, wall time and where its report is")
     show.add_argument("run_dir", type=Path, metavar="DIR")
@@ -91,6 +118,27 @@ def _run_parser(run: argparse.ArgumentParser) -> None:
 def _eval_parser(evaluate: argparse.ArgumentParser) -> None:
     _run_options(evaluate)
     _executor_options(evaluate)
+    own = evaluate.add_argument_group("your own models (evaluated as given, beside the registry's; with --model alone, only they)")
+    own.add_argument(
+        "--model", action=_OwnModelAction, dest="own_models", default=[], metavar="[LABEL=]FILE.py:FACTORY",
+        help="FACTORY() in FILE.py (or package.module:FACTORY) returns a torch.nn.Module mapping images in [0, 1] shaped "
+        "(B, 1, 28, 28) to (B, C) logits or log-probabilities; LABEL names it (default FACTORY) (repeatable)",
+    )
+    own.add_argument("--weights", action=_OwnModelAction, dest="own_models", metavar="PATH", help="a state_dict for the --model before it, read with torch.load(weights_only=True)")
+
+
+class _OwnModelAction(argparse.Action):
+    """--model appends [text, None] to args.own_models; --weights fills in the weights of the --model before it."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        models = list(getattr(namespace, self.dest) or [])
+        if option_string == "--model":
+            models.append([value, None])
+        elif not models or models[-1][1] is not None:
+            raise argparse.ArgumentError(self, "give --weights PATH right after the --model it belongs to (one each)")
+        else:
+            models[-1][1] = value
+        setattr(namespace, self.dest, models)
 
 
 def _plugin_option(parser: argparse.ArgumentParser) -> None:
@@ -129,6 +177,10 @@ def _run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--device", help=f"one of {', '.join(DEVICES)} (default: auto)")
     run.add_argument("--epochs", type=_positive_int, help="override the profile's number of epochs")
     run.add_argument("--out", type=Path, help="output folder (default: results/<run id>)")
+    run.add_argument(
+        "--overwrite", action="store_true",
+        help="write into an --out holding another run (its files are replaced) or files vibbench did not write (they are kept)",
+    )
     run.add_argument("--cache-dir", type=Path, help="checkpoints and job results (default: $VIBBENCH_CACHE_DIR, else $XDG_CACHE_HOME/vibbench, else ~/.cache/vibbench)")
     run.add_argument("--data-dir", type=Path, help="datasets (default: $VIBBENCH_DATA_DIR, else $XDG_CACHE_HOME/vibbench/data, else ~/.cache/vibbench/data)")
     run.add_argument("--precision", help="training precision: fp32 (the default) or bf16 (autocast; evaluation stays fp32)")
@@ -180,8 +232,16 @@ def cmd_run(args) -> None:
     from vibbench.runs.runner import run
 
     plugins = load_plugins(args.plugin)  # before the models are resolved; the jobs' processes import them too
-    cfg = dataclasses.replace(run_config_from_options(run_options(args), local_device=args.executor != "ray"), plugins=plugins)
+    options = run_options(args)
+    cfg = dataclasses.replace(run_config_from_options(options, local_device=args.executor != "ray"), plugins=plugins)
     train = args.command == "run"
+    own = []
+    if getattr(args, "own_models", None):  # vibbench eval --model
+        from vibbench.runs.own_models import load_own_model
+
+        own = [load_own_model(text, weights) for text, weights in args.own_models]
+        if "models" not in options:
+            cfg = dataclasses.replace(cfg, models=())
     if train:
         resolve_trainer(args.trainer, cfg.device)  # a bad --trainer fails before anything runs
     executor = make_executor(
@@ -197,6 +257,9 @@ def cmd_run(args) -> None:
         train=train,
         trainer=args.trainer if train else "auto",
         executor=executor,
+        overwrite=args.overwrite,
+        started=STARTED,
+        own_models=own,
     )
     print(out)
 
@@ -205,6 +268,12 @@ def cmd_report(args) -> None:
     from vibbench.reporting.report import write_report
 
     print(write_report(args.run_dir, allow_partial=args.allow_partial))
+
+
+def cmd_compare(args) -> None:
+    from vibbench.reporting.compare import write_comparison
+
+    print(write_comparison(args.run_dirs, args.out, allow_different=args.allow_different))
 
 
 def cmd_show(args) -> None:
@@ -237,9 +306,12 @@ def cmd_list(args) -> None:
 
 
 def cmd_data(args) -> None:
-    from vibbench.data.datasets import prepare_dataset
+    from vibbench.data.datasets import GENERATED, class_count, prepare_dataset
 
     for name in args.names or ["mnist"]:
+        if name in GENERATED:  # nothing to fetch: said so, as the other datasets say where their files are
+            print(f"{name}: generated in memory when a run loads it ({class_count(name)} classes; no files, nothing to fetch)")
+            continue
         print(f"{name}: {prepare_dataset(name, args.data_dir)}")
 
 
@@ -252,7 +324,7 @@ def cmd_bench(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        commands = {"run": cmd_run, "eval": cmd_run, "report": cmd_report, "show": cmd_show, "export": cmd_export, "list": cmd_list, "data": cmd_data, "bench": cmd_bench}
+        commands = {"run": cmd_run, "eval": cmd_run, "report": cmd_report, "compare": cmd_compare, "show": cmd_show, "export": cmd_export, "list": cmd_list, "data": cmd_data, "bench": cmd_bench}
         commands[args.command](args)
     except VibbenchError as exc:
         print(f"vibbench: error: {exc}", file=sys.stderr)

@@ -65,8 +65,9 @@ def test_smoke_run_writes_results_and_reuses_the_cache(dirs, capsys, monkeypatch
     pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv"), df)
 
     # a changed config is a different job: it must train (and so hits the trap)
+    # (in another folder: `out` holds the first config's run, which a different config may not replace unasked)
     with pytest.raises(Trained):
-        run_cli("--models", "mlp_vib:beta=1e-2", "--out", str(out), "--cache-dir", str(cache))
+        run_cli("--models", "mlp_vib:beta=1e-2", "--out", str(out.parent / "changed"), "--cache-dir", str(cache))
 
 
 def assert_provenance_suffices_to_rerun(out, prov, config, monkeypatch):

@@ -58,13 +58,24 @@ def load_plugin(text: str) -> str:
         raise
 
 
+def load_user_module(text: str):
+    """The module a plugin names (imported by `load_plugin` if it is not yet): where `vibbench eval --model
+    FILE.py:FACTORY` (or package.module:FACTORY) finds FACTORY."""
+    recorded = load_plugin(text)
+    return sys.modules[_file_module_name(Path(recorded)) if is_file_plugin(text) else recorded]
+
+
+def _file_module_name(path: Path) -> str:
+    return f"{FILE_MODULE_PREFIX}{_identifier(path.stem)}_{sha256_bytes(str(path).encode())[:12]}"
+
+
 def _load_file(text: str) -> str:
     path = Path(text).expanduser().absolute()
     if not path.is_file():
         raise VibbenchError(f"plugin file {text} does not exist (a plugin is a FILE.py path or a dotted module name)")
     if path.suffix != ".py":
         raise VibbenchError(f"plugin file {text} is not a Python file (*.py)")
-    name = f"{FILE_MODULE_PREFIX}{_identifier(path.stem)}_{sha256_bytes(str(path).encode())[:12]}"
+    name = _file_module_name(path)
     if name in sys.modules:
         return str(path)
     spec = importlib.util.spec_from_file_location(name, path)

@@ -420,3 +420,93 @@ def test_the_runner_path_checks_the_rows_it_reports(run_dir):
     with pytest.raises(VibbenchError, match=r"lacks 2 of the 4 models x seeds config\.json lists"):
         write_report(run_dir, write_metrics([r for r in rows if r["seed"] == 0], run_dir / "metrics.csv"))
     assert not (run_dir / "report.md").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line: each mistake one line in one format, exit 2, nothing written, no traceback
+
+BAD_COMMANDS = [
+    (["run", "--epochs", "x"], r"^vibbench: error: argument --epochs: .*\(usage: vibbench run --help\)$"),
+    (["run", "--profile", "quik"], r"unknown profile 'quik'\. Did you mean quick\?"),
+    (["run", "--models", "mlp_vib:beta=1e-3,beta=1e-2"], r"beta is given twice"),
+    (["run", "--models", "mlp_vib:eval_samples=3"], r"eval_samples .* is a setting of the whole run"),
+    (["run", "--models", "mlp_vib:latent_dim=2.5"], r"latent_dim"),
+    (["run", "--models", "mlp_vib:num_classes=3", "--dataset", "synthetic"], r"predicts 3 classes but synthetic has 10"),
+    (["bench", "--device", "cpu", "--implementations", "fused"], r"--implementations fused cannot be measured on cpu: .*needs CUDA"),
+    (["eval", "--weights", "w.pt"], r"give --weights PATH right after the --model it belongs to"),
+    (["report", "no-such-folder"], r"no-such-folder"),
+    (["nonsense"], r"^vibbench: error: argument command: invalid choice: 'nonsense'"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_COMMANDS, ids=[" ".join(a) for a, _ in BAD_COMMANDS])
+def test_a_bad_command_line_is_one_line_and_exit_2(argv, message, tmp_path, monkeypatch, capsys):
+    import re
+
+    from vibbench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors exit here
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.search(message, err.strip()), err
+    assert not list(tmp_path.iterdir())  # nothing written, no empty results/ folder left behind
+
+
+def test_the_same_model_twice_runs_once_with_a_note(capsys):
+    from vibbench.runs.config import parse_model_specs
+
+    specs = parse_model_specs(["mlp_vib", "mlp_vib:beta=1e-3", "mlp_vib:beta=0.001"])
+    assert len(specs) == 1
+    assert capsys.readouterr().err.count("is mlp_vib again (the same model): it runs once") == 2
+
+
+@pytest.mark.parametrize(
+    "address, message",
+    [
+        ("nonsense", r"'nonsense' is not a Ray address: give HOST:PORT"),
+        ("host:99999", r"is not a Ray address"),
+        ("127.0.0.1:1", r"cannot reach the Ray cluster at 127.0.0.1:1 \(--ray-address\)"),
+    ],
+)
+def test_a_bad_ray_address_is_refused_at_start(address, message):
+    from vibbench.runs.executors import check_ray_address
+
+    with pytest.raises(VibbenchError, match=message) as exc:
+        check_ray_address(address)
+    one_line(exc.value)
+
+
+def test_no_ray_address_or_local_is_not_checked(monkeypatch):
+    from vibbench.runs.executors import check_ray_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    check_ray_address(None)
+    check_ray_address("local")
+    monkeypatch.setenv("RAY_ADDRESS", "nonsense")
+    with pytest.raises(VibbenchError, match=r"\$RAY_ADDRESS 'nonsense'"):
+        check_ray_address(None)
+
+
+@pytest.mark.parametrize("content, reason", [(b"{not json", "not valid JSON"), (b"\xff\xfe\x00", "not UTF-8 text")])
+def test_a_damaged_cache_entry_is_named_in_the_log_before_it_is_recomputed(tmp_path, capsys, content, reason):
+    from vibbench.runs.cache import _read_entry
+
+    path = tmp_path / "result.json"
+    path.write_bytes(content)
+    assert _read_entry(path, "job_hash", "abc", "delete it") is None
+    err = capsys.readouterr().err
+    assert f"damaged cache entry {path} ({reason}" in err and "computing it again" in err
+
+
+def test_progress_reads_elapsed_time_and_eta():
+    from vibbench.core.progress import elapsed_and_eta
+
+    assert elapsed_and_eta(60, 0, 3) == "60 s elapsed"  # no ETA before the first item is done
+    assert elapsed_and_eta(60, 1, 3) == "60 s elapsed, ETA 2 min 0 s"
+    assert elapsed_and_eta(7200, 2, 3) == "2 h 00 min elapsed, ETA 60 min 0 s"
+    assert elapsed_and_eta(30, 3, 3) == "30 s elapsed"

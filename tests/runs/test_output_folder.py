@@ -36,7 +36,7 @@ def test_the_same_config_writes_over_its_own_files(tmp_path):
 def test_another_run_is_refused_unless_overwrite_and_its_stale_files_go(tmp_path):
     out = tmp_path / "out"
     fake_run(out, A)
-    with pytest.raises(VibbenchError, match=r"holds another run \(run run-aaaa, not config bbbbbbbbbb\).*--overwrite"):
+    with pytest.raises(VibbenchError, match=r"holds another run \(run run-aaaa\).*--overwrite"):
         check_output_folder(out, B)
     assert (out / "metrics.csv").read_text() == "metrics.csv of aaaa\n"  # nothing touched
     stale = fake_run(out, B, files=("metrics.csv", "config.json"), overwrite=True)

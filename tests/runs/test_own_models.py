@@ -429,3 +429,26 @@ def test_weights_must_follow_their_model(capsys):
     with pytest.raises(SystemExit) as info:
         main(["eval", "--weights", "w.pt", "--model", "a.py:f"])
     assert info.value.code == 2 and "give --weights PATH right after the --model it belongs to" in capsys.readouterr().err
+
+
+def test_another_model_of_yours_never_silently_replaces_a_run(tmp_path, monkeypatch, capsys):
+    """The config hash leaves own models out: the output folder knows the run by its run id too."""
+    from vibbench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mynet.py").write_text(
+        "import torch\nfrom torch import nn\n\ndef make_net():\n    torch.manual_seed(0)  # the same weights at every call: the same run\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))\n\n"
+        "def make_wide():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))\n"
+    )
+    common = ["eval", "--profile", "smoke", "--dataset", "synthetic", "--no-eval", "--out", "out"]
+    assert main(common + ["--model", "mine=mynet.py:make_net"]) == 0, capsys.readouterr().err
+    before = (tmp_path / "out" / "metrics.csv").read_bytes()
+    assert main(common + ["--model", "mine=mynet.py:make_net"]) == 0  # the same run again: fine
+    capsys.readouterr()
+    assert main(common + ["--model", "mine=mynet.py:make_wide"]) == 2
+    err = capsys.readouterr().err
+    assert "holds another run" in err and "--overwrite" in err and err.count("\n") == 1
+    assert (tmp_path / "out" / "metrics.csv").read_bytes() == before
+    assert main(common + ["--model", "mine=mynet.py:make_wide", "--overwrite"]) == 0
+    assert (tmp_path / "out" / "metrics.csv").read_bytes() != before

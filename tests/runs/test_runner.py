@@ -3,6 +3,7 @@
 import hashlib
 import importlib.metadata
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -31,8 +32,13 @@ def test_smoke_run_writes_results_and_reuses_the_cache(dirs, capsys, monkeypatch
     out, cache = dirs
     models = ["mlp_deterministic", "mlp_vib"]
     assert run_cli("--models", *models, "--out", str(out), "--cache-dir", str(cache)) == 0
+    log = capsys.readouterr().err  # not a terminal: a job counter, a line per epoch, the one wall time
+    assert "[1/2] mlp_deterministic" in log and re.search(r"\[2/2\] mlp_vib seed 0 \([\d.]+ s elapsed, ETA [\d.]+ s\)", log), log
+    assert re.search(r"mlp_vib seed 0: epoch 1/1, loss [\d.]+, [\d,]+ examples/s, [\d.]+ s elapsed", log), log
     df = pd.read_csv(out / "metrics.csv")
     assert tuple(df.columns) == COLUMNS
+    wall = json.loads((out / "provenance.json").read_text())["wall_seconds"]
+    assert f"wall time {wall:.0f} s" in log and f"{wall:.0f} s" in (out / "report.md").read_text()
     assert set(df.model) == set(models)
     test_err = df[(df.split == "test") & (df.eval_mode == "predictor") & (df.metric == "error")]
     assert len(test_err) == 2 and test_err.value.between(0, 1).all()

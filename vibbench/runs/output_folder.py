@@ -104,9 +104,9 @@ def check_output_folder(out_dir: Path, config_hash: str, overwrite: bool = False
             "--out, or pass --overwrite to write the run beside them (they are kept)"
         )
     if ours and earlier != config_hash and not overwrite:
-        what = f"run {run_id}" if run_id and recorded_hash == earlier else f"the run of config {str(earlier)[:10]}"
+        what = f"run {run_id}" if run_id else f"the run of config {str(earlier)[:10]}"
         raise VibbenchError(
-            f"the output folder {out_dir} holds another run ({what}, not config {config_hash[:10]}): choose another --out, "
+            f"the output folder {out_dir} holds another run ({what}): choose another --out, "
             "or pass --overwrite to replace that run's files (files vibbench did not write are kept)"
         )
     return {p: _stamp(p) for p in ours}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from vibbench.core.atomic import atomic_write_text, remove_stale_temps, write_json
 from vibbench.core.errors import VibbenchError
+from vibbench.core.hashing import stable_hash
 from vibbench.core.locks import folder_lock
 from vibbench.core.manifest import begin_writing
 from vibbench.core.paths import default_cache_dir
@@ -67,7 +68,10 @@ def run(
     # absolute: the executor's workers may not share this process's working directory
     cache_dir = (Path(cache_dir) if cache_dir is not None else default_cache_dir()).absolute()
     data_dir = Path(data_dir).absolute() if data_dir is not None else None
-    earlier = check_output_folder(out_dir, cfg.config_hash, overwrite)  # before anything is created
+    # what the output folder's manifest records as the run's identity: the config's hash, and with own models (which
+    # the config hash leaves out) the run id too, so that another model of yours never silently replaces a run
+    identity = cfg.config_hash if not own_models else stable_hash({"config_hash": cfg.config_hash, "run_id": run_id})
+    earlier = check_output_folder(out_dir, identity, overwrite)  # before anything is created
     check_writable(out_dir, "output folder")
     check_writable(cache_dir, "cache folder")
     if train and (executor is None or isinstance(executor, LocalExecutor)):  # the jobs train on this machine
@@ -87,9 +91,9 @@ def run(
         if own_models:
             data, ood = evaluation_data(cfg, dataset, data_dir)
             own_models = {o.label: (o.record(), own_rows(cfg, run_id, o, model, data, ood, cfg.seeds[0])) for o, model in zip(own_models, own)}
-        begin_writing(out_dir, cfg.config_hash)  # a run killed while writing leaves a folder the next run recognizes
+        begin_writing(out_dir, identity)  # a run killed while writing leaves a folder the next run recognizes
         _write_outputs(cfg, out_dir, cache_dir, dataset, results, trainer, executor, started, git_at_start, own_models or {}, run_id)
-        finish_output_folder(out_dir, cfg.config_hash, earlier)
+        finish_output_folder(out_dir, identity, earlier)
     return out_dir
 
 

@@ -62,6 +62,17 @@ def test_the_image_set_is_the_first_n_test_images_in_order(trained_mlp, syntheti
     assert torch.equal(first, x[:N]) and torch.equal(labels, y[:N]) and index.tolist() == list(range(N))
 
 
+def test_cw_n_counts_images_not_image_target_pairs(trained_mlp, synthetic):
+    """With every other class as a target the pairs are nine per image, but they share the image: n (the interval's
+    sample size) is the number of images, and the targets per image are recorded beside it."""
+    x, y = synthetic.test.images, synthetic.test.labels
+    paper = PaperProtocolSettings(images=N, fgs_eps=(0.1,), cw_images=4, cw_targets="all")
+    small = AttackSettings(attacks=("fgsm",), cw_steps=3, cw_cs=(1.0,), batch_size=N)
+    cw = [r for r in pp.paper_protocol_records(trained_mlp, x, y, small, paper, seed=0) if r["attack"] == "paper_cw"]
+    assert cw and {r["n"] for r in cw} == {4}
+    assert by(cw, "targets_per_image") == [9.0]
+
+
 def test_targets_are_the_other_classes_or_the_next_one():
     y = torch.arange(10)
     every = torch.stack([pp.targets_for(y, k, 10) for k in pp.target_offsets("all", 10)])

@@ -16,6 +16,11 @@ SETTINGS = AttackSettings(attacks=("fgsm", "pgd"), pgd_steps=5, eot_iter=2, cw_s
 PAPER = PaperProtocolSettings(images=N, fgs_eps=(0.1, 0.2), cw_images=20, cw_targets="next", embedding_images=30)
 
 
+def measured(records):
+    """The records without their timing rows (wall times differ from call to call)."""
+    return [r for r in records if r["metric"] != "seconds"]
+
+
 def by(records, metric, **match):
     return [r["value"] for r in records if r["metric"] == metric and all(r.get(k) == v for k, v in match.items())]
 
@@ -44,7 +49,7 @@ class Counting(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def records(trained_vib, synthetic, one_thread):
-    return pp.paper_protocol_records(trained_vib, synthetic.test.images, synthetic.test.labels, SETTINGS, PAPER, seed=3)
+    return measured(pp.paper_protocol_records(trained_vib, synthetic.test.images, synthetic.test.labels, SETTINGS, PAPER, seed=3))
 
 
 def test_the_image_set_is_the_first_n_test_images_in_order(trained_mlp, synthetic):
@@ -52,12 +57,12 @@ def test_the_image_set_is_the_first_n_test_images_in_order(trained_mlp, syntheti
     x, y = synthetic.test.images, synthetic.test.labels
     paper = PaperProtocolSettings(images=N, fgs_eps=(0.1,), cw_images=10, cw_targets="next")
     small = AttackSettings(attacks=("fgsm",), cw_steps=5, cw_cs=(1.0,), batch_size=N)
-    ours = pp.paper_protocol_records(trained_mlp, x, y, small, paper, seed=0)
+    ours = measured(pp.paper_protocol_records(trained_mlp, x, y, small, paper, seed=0))
     garbage = torch.cat([x[:N], torch.rand_like(x[N:])])  # every image after the first N replaced
-    assert pp.paper_protocol_records(trained_mlp, garbage, y, small, paper, seed=0) == ours
+    assert measured(pp.paper_protocol_records(trained_mlp, garbage, y, small, paper, seed=0)) == ours
     assert {r["n"] for r in ours if r["attack"] == "paper_fgs"} == {N}
     shuffled = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
-    assert pp.paper_protocol_records(trained_mlp, x[shuffled], y[shuffled], small, paper, seed=0) != ours
+    assert measured(pp.paper_protocol_records(trained_mlp, x[shuffled], y[shuffled], small, paper, seed=0)) != ours
     first, labels, index = pp.first_images(x, y, N)
     assert torch.equal(first, x[:N]) and torch.equal(labels, y[:N]) and index.tolist() == list(range(N))
 
@@ -68,9 +73,12 @@ def test_cw_n_counts_images_not_image_target_pairs(trained_mlp, synthetic):
     x, y = synthetic.test.images, synthetic.test.labels
     paper = PaperProtocolSettings(images=N, fgs_eps=(0.1,), cw_images=4, cw_targets="all")
     small = AttackSettings(attacks=("fgsm",), cw_steps=3, cw_cs=(1.0,), batch_size=N)
-    cw = [r for r in pp.paper_protocol_records(trained_mlp, x, y, small, paper, seed=0) if r["attack"] == "paper_cw"]
+    records = pp.paper_protocol_records(trained_mlp, x, y, small, paper, seed=0)
+    cw = [r for r in measured(records) if r["attack"] == "paper_cw"]
     assert cw and {r["n"] for r in cw} == {4}
     assert by(cw, "targets_per_image") == [9.0]
+    timing = [(r["eval_mode"], r["attack"], r["path"]) for r in records if r["metric"] == "seconds"]
+    assert timing == [("paper_protocol", "paper_fgs", "all"), ("paper_protocol", "paper_cw", "all")]
 
 
 def test_targets_are_the_other_classes_or_the_next_one():

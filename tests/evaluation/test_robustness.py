@@ -53,6 +53,19 @@ def test_harness_equals_torchattacks_run_directly(trained_mlp, synthetic):
     assert clean > 0.8 and by(records, "robust_accuracy", attack="pgd", eps=0.3)[0] < clean
 
 
+def test_each_attack_and_path_has_its_wall_time(trained_vib, synthetic):
+    """One timing row per attack and path (and one for each path's checks), named by the section, none with a
+    measured quantity's metric: they go to timing.csv."""
+    x, y = synthetic.test.images[:20], synthetic.test.labels[:20]
+    records = evaluate_robustness(trained_vib, x, y, small(pgd_steps=2, eot_iter=1, judge_draws=1), seed=0)
+    timing = [r for r in records if r["metric"] == "seconds"]
+    assert sorted((r["attack"], r["path"]) for r in timing) == sorted(
+        (a, p) for a in ("checks", "fgsm", "pgd") for p in ("mean", "eot")
+    )
+    assert {r["eval_mode"] for r in timing} == {"robustness"} and all(r["value"] >= 0 for r in timing)
+    assert {r["norm"] for r in timing if r["attack"] != "checks"} == {"linf"}
+
+
 def test_worst_case_on_a_constructed_case():
     t = lambda *bits: torch.tensor(bits, dtype=torch.bool)
     robust = {

@@ -15,7 +15,8 @@ import vibbench
 from vibbench.data import datasets as data
 from vibbench.training.checkpoints import save_checkpoint
 from vibbench.cli import main
-from vibbench.runs.config import make_run_config
+from vibbench.evaluation.sections import enabled_sections
+from vibbench.runs.config import PROFILES, make_run_config
 from vibbench.reporting.metrics import COLUMNS
 
 
@@ -247,7 +248,16 @@ def test_same_config_and_seed_give_bit_identical_metrics(tmp_path):
         outs.append((out / "metrics.csv").read_bytes())
     assert outs[0] == outs[1]
     assert b"seconds" not in outs[0]  # wall times live in timing.csv
-    assert (tmp_path / "out0" / "timing.csv").read_text().count("examples_per_second") == 2
+    timing = pd.read_csv(tmp_path / "out0" / "timing.csv", keep_default_na=False)
+    assert (timing.metric == "examples_per_second").sum() == 2
+    # every evaluation section's wall time, per model, and the attacks' per attack and path
+    sections = timing[(timing.metric == "seconds") & (timing.split == "test") & (timing.attack == "")]
+    assert sorted(sections.groupby("label").eval_mode.apply(sorted).iloc[0]) == sorted(enabled_sections(PROFILES["smoke"].eval))
+    assert sections.groupby("label").size().tolist() == [len(enabled_sections(PROFILES["smoke"].eval))] * 2
+    attacks = timing[(timing.eval_mode == "robustness") & (timing.attack != "")]
+    assert set(attacks.attack) >= {"checks", "pgd"} and set(attacks.path[attacks.label == "mlp_vib"]) == {"mean", "eot"}
+    report = (tmp_path / "out0" / "report.md").read_text()
+    assert "**Evaluation time**" in report and "**Attack time**" in report
 
 
 def test_a_diverging_model_stops_the_run_with_a_message_and_no_nan_is_written(dirs, capsys):

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 
 import torch
 from torch import nn
@@ -79,6 +78,7 @@ from vibbench.evaluation.inference import eval_mode, mean_mode, predict, seeded_
 from vibbench.evaluation.judge import Judge
 from vibbench.evaluation.robustness import CW_SCALES, AttackRun, budgeted_robustness
 from vibbench.evaluation.settings import AttackSettings, PaperProtocolSettings
+from vibbench.evaluation.timing import timed
 
 PAPER_JUDGE_SEED_OFFSET = 7919
 """The paper's judgement draws its noise from seed + this: independent of the noise the attack saw."""
@@ -171,14 +171,15 @@ def paper_protocol_records(model: nn.Module, images: torch.Tensor, labels: torch
     order): records of the module docstring."""
     x, y, index = first_images(images, labels, paper.images)
     records: list[dict] = []
+    seconds: list[dict] = []
     with eval_mode(model):
-        t0 = time.perf_counter()
-        records += _linf_records(model, x, y, index, settings, paper, seed)
-        t1 = time.perf_counter()
+        with timed(seconds, "paper_protocol", attack="paper_fgs", path="all", norm="linf"):
+            records += _linf_records(model, x, y, index, settings, paper, seed)
         m = min(paper.cw_images, x.shape[0])
-        records += _l2_records(model, x[:m], y[:m], index[:m], settings, paper, seed)
-        log(f"  {label} paper protocol: FGS and L-inf {t1 - t0:.1f} s, targeted C&W {time.perf_counter() - t1:.1f} s")
-    return [{"split": "test", "eval_mode": "predictor"} | r for r in records]
+        with timed(seconds, "paper_protocol", attack="paper_cw", path="all", norm="l2"):
+            records += _l2_records(model, x[:m], y[:m], index[:m], settings, paper, seed)
+        log(f"  {label} paper protocol: FGS and L-inf {seconds[0]['value']:.1f} s, targeted C&W {seconds[1]['value']:.1f} s")
+    return [{"split": "test", "eval_mode": "predictor"} | r for r in records] + seconds
 
 
 def _linf_records(model, x, y, index, settings, paper, seed) -> list[dict]:

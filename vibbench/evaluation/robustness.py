@@ -1,7 +1,7 @@
 """Robust accuracy per attack, path and budget; the per-example worst case; gradient-masking checks.
 
 `evaluate_robustness` is pure: a model and test images in, a list of measurement records out. Each record:
-attack, path, norm, eps, n (examples), metric, value.
+attack, path, norm, eps, n (examples), metric, value; and the wall time of each attack and path (evaluation/timing.py).
 
 The judge decides everywhere (judge.py): an image is robust under draw r of the model's noise if the predictor
 classifies it correctly under draw r both clean and attacked. A deterministic model has one draw. Per row:
@@ -22,7 +22,6 @@ Gradient-masking checks (masking.py) are flags on the rows they doubt, never a r
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -38,6 +37,7 @@ from vibbench.evaluation.inference import eval_mode, seeded_noise
 from vibbench.evaluation.judge import Judge
 from vibbench.evaluation.masking import FLAGS, Key, masking_flags
 from vibbench.evaluation.settings import AttackSettings
+from vibbench.evaluation.timing import timed
 from vibbench.models.classifier import Classifier
 
 CW_SCALES = (1.0, 1.02, 1.05, 1.1, 1.2, 1.35, 1.5, 2.0)
@@ -163,27 +163,29 @@ def evaluate_robustness(
     large: dict[Key, float] = {}
     zero_grad: dict[str, float] = {}
     distances: dict[Key, torch.Tensor] = {}
+    seconds: list[dict] = []  # timing records, one per attack and path (evaluation/timing.py)
     with eval_mode(model):
         judge = Judge(model, y, index, draws=settings.judge_draws, seed=seed, batch_size=settings.batch_size)
         run = AttackRun(model, x, y, settings, seed, judge, clean=judge.correct(x))
         for path in paths_for(model):
-            with seeded_noise(seed, x.device):  # the EOT path samples: its gradient is reproducible only when seeded
-                grads = input_gradients(model, x[:n_exp], y[:n_exp], path)
-            zero_grad[path] = float((grads.flatten(1).abs().amax(1) == 0).float().mean())
+            with timed(seconds, "robustness", attack="checks", path=path):
+                with seeded_noise(seed, x.device):  # the EOT path samples: its gradient is reproducible only when seeded
+                    grads = input_gradients(model, x[:n_exp], y[:n_exp], path)
+                zero_grad[path] = float((grads.flatten(1).abs().amax(1) == 0).float().mean())
+                large |= large_eps_accuracy(run, path, n_exp)
             for attack in settings.attacks:
                 spec = ATTACKS[attack]
                 m = n_exp if spec.expensive else n_all
-                t0 = time.perf_counter()
-                if spec.minimal:
-                    found, distances[(attack, path, spec.norm, float("nan"))] = minimal_robustness(run, spec, path, m)
-                elif attack == "autoattack":
-                    found = ensemble_robustness(run, spec, path, m)
-                else:
-                    found = budgeted_robustness(run, spec, path, m)
+                with timed(seconds, "robustness", attack=attack, path=path, norm=spec.norm):
+                    if spec.minimal:
+                        found, distances[(attack, path, spec.norm, float("nan"))] = minimal_robustness(run, spec, path, m)
+                    elif attack == "autoattack":
+                        found = ensemble_robustness(run, spec, path, m)
+                    else:
+                        found = budgeted_robustness(run, spec, path, m)
                 robust |= found
-                log(f"  {label} {attack} ({path} path): {time.perf_counter() - t0:.1f} s")
-            large |= large_eps_accuracy(run, path, n_exp)
-    return summary_records(robust, large, zero_grad, distances, run.clean, index, n_exp, stochastic=judge.stochastic)
+                log(f"  {label} {attack} ({path} path): {seconds[-1]['value']:.1f} s")
+    return summary_records(robust, large, zero_grad, distances, run.clean, index, n_exp, stochastic=judge.stochastic) + seconds
 
 
 def summary_records(

@@ -45,6 +45,8 @@ COLUMNS = ID_COLUMNS + CONDITION_COLUMNS + ("metric", "value")
                mean_success_distance (L2, over the successes)
 - embedding:   a K = 2 VIB only: split test, eval_mode predictor, bin (test index), metric embedding_mu_0/1,
                embedding_std_0/1, embedding_label; and (no bin, n) error_one_sample: test error with one draw of z
+- evaluation time (timing.csv; evaluation/timing.py): split test, eval_mode the section's name, metric seconds: one
+               row per section, and per attack and path (attack, path, norm) in robustness and paper_protocol
 """
 
 

@@ -41,6 +41,7 @@ from vibbench.reporting.metrics import (
     tidy_metrics,
 )
 from vibbench.reporting.published import published_section
+from vibbench.reporting.time_section import evaluation_time_lines
 
 SWEEP_EPS = (0.1, 0.3)
 
@@ -673,7 +674,8 @@ def _training_section(d: pd.DataFrame, ctx: dict, embed: Embed) -> list[str]:
     lines += markdown_table(header, rows)
     total = tr[tr.metric == "seconds"].value.sum()
     lines += ["", f"Total training time over all models and seeds: {total:.0f} s ({total / 60:.1f} min)."]
-    return lines
+    evaluation = evaluation_time_lines(d)
+    return lines + ([""] + evaluation if evaluation else [])
 
 
 REPORT_SECTIONS: dict[str, tuple[str, Callable]] = {
@@ -684,7 +686,7 @@ REPORT_SECTIONS: dict[str, tuple[str, Callable]] = {
     "ood": ("Out-of-distribution detection", _ood_section),
     "shift": ("Distribution shift", _shift_section),
     "sweep": ("The β sweep", _sweep_section),
-    "training": ("Training", _training_section),
+    "training": ("Training and evaluation time", _training_section),
     "paper_protocol": ("The paper's robustness claim: paper protocol and honest protocol", paper_protocol_section),
     "embedding": ("Two-dimensional embedding (K = 2)", embedding_section),
 }

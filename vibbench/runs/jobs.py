@@ -25,6 +25,7 @@ from vibbench.core.progress import log
 from vibbench.data.datasets import Dataset, Split, load_dataset
 from vibbench.evaluation.clean import clean_metrics
 from vibbench.evaluation.sections import OOD_PAIRS, SECTIONS, EvalInputs, enabled_sections, noise_images
+from vibbench.evaluation.timing import timing_record
 from vibbench.models.plugins import load_plugins
 from vibbench.runs.cache import (
     RESULT_FORMAT,
@@ -271,8 +272,10 @@ def _evaluate_locked(cfg, spec, seed, data, ood, cache_dir) -> list[dict]:
                 model = load_trained(cfg, spec, seed, cache_dir, data.num_classes)
             t0 = time.perf_counter()
             new = SECTIONS[section](model, EvalInputs(data.val, data.test, ood, cfg.eval, seed, label))
-            write_eval(path, h, time.perf_counter() - t0, new)
-            log(f"{label}: {section} evaluated in {time.perf_counter() - t0:.0f} s")
+            seconds = time.perf_counter() - t0
+            new.append(timing_record(section, seconds))  # cached with the section: timing.csv says when it was measured
+            write_eval(path, h, seconds, new)
+            log(f"{label}: {section} evaluated in {seconds:.0f} s")
             cached = new
         records += cached
     return records

@@ -324,6 +324,19 @@ def test_gaussian_blur_equals_conv2d():
     assert torch.allclose(corrupt(x, "gaussian_blur", 3), ref.clamp(0, 1), atol=1e-6)
 
 
+def test_per_image_conv_equals_conv2d_image_by_image():
+    """The shifted multiply-adds are torch's convolution (cross-correlation, zero padding)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 1, 28, 28, generator=g)
+    kernels = torch.rand(5, 13, 13, generator=g)
+    out = C._per_image_conv(x, kernels)
+    for i in range(5):
+        ref = torch.nn.functional.conv2d(x[i : i + 1], kernels[i].view(1, 1, 13, 13), padding=6)
+        assert torch.allclose(out[i : i + 1], ref, atol=1e-5), i
+    # one image alone gets exactly the pixels it gets inside the batch
+    assert torch.equal(C._per_image_conv(x[2:3], kernels[2:3]), out[2:3])
+
+
 def test_motion_blur_smears_along_one_line():
     dot = _blob(13.5, 13.5, sigma=0.3)
     out = corrupt(dot, "motion_blur", 5, seed=0)[0, 0]

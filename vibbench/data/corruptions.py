@@ -297,12 +297,23 @@ def _gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def _per_image_conv(images: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
-    """Convolve image i with kernels[i] (shape (N, K, K), K odd), zero padding, one grouped conv."""
+    """Convolve image i with kernels[i] (shape (N, K, K), K odd), zero padding (as conv2d does).
+
+    Written as K*K shifted multiply-adds in a fixed order rather than one grouped conv2d:
+    the grouped convolution's kernel is chosen by the number of groups (and the CPU), so its
+    rounding depended on how many images were in the batch, and a prefix of a batch did not
+    get exactly the pixels it gets on its own. Elementwise products and sums do not.
+    """
     n, c, h, w = images.shape
     k = kernels.shape[-1]
-    weight = kernels.repeat_interleave(c, dim=0).unsqueeze(1)  # (N*c, 1, K, K)
-    out = F.conv2d(images.reshape(1, n * c, h, w), weight, padding=k // 2, groups=n * c)
-    return out.view(n, c, h, w)
+    r = k // 2
+    padded = F.pad(images, (r, r, r, r))
+    weights = kernels.to(dtype=images.dtype, device=images.device).view(n, 1, k, k)
+    out = torch.zeros_like(images)
+    for i in range(k):
+        for j in range(k):
+            out = out + weights[:, :, i : i + 1, j : j + 1] * padded[:, :, i : i + h, j : j + w]
+    return out
 
 
 # --------------------------------------------------------------------------- the corruptions

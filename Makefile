@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 PROFILE ?= quick
 RUN_ARGS ?=
 
-.PHONY: run test install data bench clean-venv
+.PHONY: run test install data bench gpu-check clean-venv
 
 run: install data
 	$(BIN)/vibbench run --profile $(PROFILE) $(RUN_ARGS)
@@ -41,6 +41,11 @@ data: install
 bench: install data
 	$(BIN)/python -m pytest benchmarks/ $(BENCH_ARGS)
 	$(BIN)/vibbench bench --compare --no-throughput
+
+# Everything GPU-specific in one script (GPU tests, throughput grid, comparisons, one paper epoch), about 8 minutes
+# on one GPU, into results/bench-<gpu>/; see benchmarks/gpu_check.sh. Refuses in one line without CUDA.
+gpu-check: install data
+	bash benchmarks/gpu_check.sh
 
 clean-venv:
 	rm -rf $(VENV)

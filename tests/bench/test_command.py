@@ -84,3 +84,27 @@ def test_bench_compare_writes_one_row_per_comparison_and_precision(tmp_path):
     assert prov["files"] == ["compare.csv", "compare_summary.csv", "compare.md"]
     with pytest.raises(SystemExit):
         bench_args("--compare", "--compare-precisions", "fp16")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_default_comparison_measures_bf16_only_where_it_is_native(native, monkeypatch, capsys):
+    import vibbench.training.precision as precision
+    from vibbench.bench.command import compare_configs_from_args
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)  # simulated: the CPU has it or lacks it
+    configs = compare_configs_from_args(bench_args("--compare", "--device", "cpu"), "cpu")
+    assert [c.precision for c in configs] == (["fp32", "bf16"] if native else ["fp32"])
+    said = capsys.readouterr().err
+    assert ("no native bf16" in said and "--compare-precisions fp32,bf16" in said) != native
+    # asked for by name, bf16 is measured anyway (where it is emulated, that is the trap the numbers show)
+    asked = compare_configs_from_args(bench_args("--compare", "--device", "cpu", "--compare-precisions", "fp32,bf16"), "cpu")
+    assert [c.precision for c in asked] == ["fp32", "bf16"]
+
+
+def test_cpu_headers_state_the_capability_and_bf16(tmp_path):
+    cfg = BenchConfig.quick(batch_sizes=(4,), benchmarks=("forward",), n_samples=(1,), precisions=("fp32",), head_batch_sizes=(8,), min_run_time=0.001)
+    out = run_bench(tmp_path, cfg)
+    capability = torch.backends.cpu.get_cpu_capability()
+    line = next(x for x in (tmp_path / "throughput.md").read_text().splitlines() if x.startswith("Device:"))
+    assert f"torch CPU capability {capability}, " in line and "bf16" in line
+    assert out.provenance["cpu_capability"] == capability

@@ -32,3 +32,14 @@ def test_the_compare_table_names_each_side_with_its_precision():
     )
     md = compare_markdown(CompareResult(runs, summary, {"images": 40, "epochs": 1, "steps_per_epoch": 2}))
     assert md.splitlines()[-1] == r"| pipeline | conv \| loop (fp32) | ours (bf16) | 1 | 2 | 40 | 100 | 2.50x [2.00-3.00] |"
+
+
+def test_the_compare_header_states_a_cpus_capability():
+    runs = pd.DataFrame([dict(zip(RUN_COLUMNS, ["pipeline", "a", "baseline", 0, "cpu", "cpu-x", "2", "fp32", "synthetic", 1, 2, 20, 1.0, 40.0]))])
+    summary = pd.DataFrame(
+        [dict(zip(SUMMARY_COLUMNS, ["pipeline", "conv", "ours", "fp32", "fp32", 1, 2, 20, 1, 40.0, 100.0, 2.5, 2.0, 3.0]))]
+    )
+    result = CompareResult(runs, summary, {"images": 40, "epochs": 1, "steps_per_epoch": 2})
+    md = compare_markdown(result, {"device": "cpu", "cpu_capability": "AVX2", "cpu_native_bf16": False})
+    assert "Device: `cpu-x` (cpu; torch CPU capability AVX2, no native bf16 (bf16 emulated: far slower than fp32))" in md
+    assert "capability" not in compare_markdown(result)  # without a provenance record, nothing is claimed

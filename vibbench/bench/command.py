@@ -24,6 +24,7 @@ class BenchOutput:
     throughput: object | None = None  # pandas DataFrame
     compare: CompareResult | None = None
     files: list[Path] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
 
 
 def run_bench(
@@ -58,11 +59,12 @@ def run_bench(
         prov["skipped_implementations"] = skipped
     if compare:
         result.compare = concat_compare([compare_training(c, progress) for c in compare])
-        result.files += write_compare(result.compare, out)
+        result.files += write_compare(result.compare, out, prov)
     prov["wall_seconds"] = time.perf_counter() - t0
     prov["files"] = [p.name for p in result.files]
     write_json(out / "provenance.json", prov)
     result.files.append(out / "provenance.json")
+    result.provenance = prov
     return result
 
 
@@ -135,8 +137,9 @@ def bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare-steps", type=int, default=200, metavar="N", help="training steps per comparison run (default 200)")
     p.add_argument("--compare-repeats", type=int, default=2, metavar="R", help="interleaved repeats of each comparison (default 2)")
     p.add_argument(
-        "--compare-precisions", default=PRECISIONS, type=_choice_list(PRECISIONS), metavar="P,P",
-        help="our trainers' precisions in the comparison (default fp32,bf16; the conventional loop stays fp32, as public reproductions train)",
+        "--compare-precisions", type=_choice_list(PRECISIONS), metavar="P,P",
+        help="our trainers' precisions in the comparison (default fp32, and bf16 where the device multiplies it natively; "
+        "the conventional loop stays fp32, as public reproductions train)",
     )  # fmt: skip
     p.add_argument("--compare-models", nargs="+", metavar="PATTERN", help="registry patterns of the population comparison (default: the quick profile's models)")
     p.add_argument("--dataset", default="mnist", help="dataset of the comparison (default mnist; synthetic needs no files)")
@@ -180,10 +183,25 @@ def compare_configs_from_args(args, device: str) -> list[CompareConfig]:
     if not args.compare:
         return []
     models = tuple(args.compare_models) if args.compare_models else None
+    precisions = args.compare_precisions or default_compare_precisions(device)
     return [
         CompareConfig(steps=args.compare_steps, device=device, dataset=args.dataset, data_dir=args.data_dir, repeats=args.compare_repeats, precision=p, models=models)
-        for p in args.compare_precisions
+        for p in precisions
     ]
+
+
+def default_compare_precisions(device: str) -> tuple[str, ...]:
+    """fp32, and bf16 where `device` multiplies it natively. Where bf16 is emulated (a CPU without AVX-512 bf16 or
+    AMX) a bf16 comparison would run many times slower than fp32 and show only that; the throughput grid still
+    measures bf16 there, which is where the trap shows, and `--compare-precisions fp32,bf16` asks for it anyway."""
+    from vibbench.core.progress import log
+    from vibbench.training.precision import bf16_support
+
+    native, reason = bf16_support(device)
+    if native:
+        return ("fp32", "bf16")
+    log(f"bench: the comparison runs in fp32 only: {reason} (--compare-precisions fp32,bf16 measures bf16 anyway)")
+    return ("fp32",)
 
 
 def check_bench(cfg: BenchConfig, implementations: Sequence[str] | None, compare: Sequence[CompareConfig]) -> None:
@@ -216,5 +234,5 @@ def cmd_bench(args) -> None:
     if result.compare is not None:
         from vibbench.bench.output import compare_markdown
 
-        print(compare_markdown(result.compare), end="")
+        print(compare_markdown(result.compare, result.provenance), end="")
     print(result.out_dir)

@@ -29,10 +29,19 @@ def _fmt(value, spec: str, unit: str = "") -> str:
     return format(value, spec) + unit
 
 
+def cpu_facts(prov: dict | None) -> str:
+    """"; CPU capability AVX2, no native bf16" from a provenance record of a CPU run ("" otherwise): what decides
+    whether bf16 is fast and which vector kernels torch picks, so every CPU timing states it."""
+    if not prov or prov.get("device") != "cpu" or "cpu_capability" not in prov:
+        return ""
+    native = "native bf16" if prov.get("cpu_native_bf16") else "no native bf16 (bf16 emulated: far slower than fp32)"
+    return f"; torch CPU capability {prov['cpu_capability']}, {native}"
+
+
 def _throughput_conditions(df, cfg: BenchConfig, skipped: dict[str, str], prov: dict) -> list[str]:
     """The lines above the table: device, timing method, skipped implementations, the roofline's peak."""
     lines = [
-        f"Device: `{prov['device_name']}` ({cfg.device}, {prov['cpu_threads']} CPU threads); torch {torch.__version__}; "
+        f"Device: `{prov['device_name']}` ({cfg.device}, {prov['cpu_threads']} CPU threads{cpu_facts(prov)}); torch {torch.__version__}; "
         f"model `{MODEL_NAME}` (784-1024-1024 MLP, K = 256).",
         f"Medians of every `torch.utils.benchmark.Timer.blocked_autorange` block (min_run_time {cfg.min_run_time:g} s), "
         f"{cfg.repeats} round(s) with the implementations of one row group measured in turn, in one process. "
@@ -128,8 +137,9 @@ def _throughput_panel(ax, d, df, palette: dict, *, legend: bool, ylabel: bool) -
     ax.set_ylabel("samples / s" if ylabel else "")
 
 
-def compare_markdown(result: CompareResult) -> str:
-    """compare.md: the summary of the trainer comparisons, one row per comparison and precision."""
+def compare_markdown(result: CompareResult, prov: dict | None = None) -> str:
+    """compare.md: the summary of the trainer comparisons, one row per comparison and precision (`prov`, the
+    run's provenance, adds the CPU's capability to the device line)."""
     first = result.runs.iloc[0]
     info = result.info
     header = ["comparison", "baseline", "candidate", "models", "steps", "baseline ex/s", "candidate ex/s", "ratio"]
@@ -144,7 +154,7 @@ def compare_markdown(result: CompareResult) -> str:
     lines = [
         "# Training throughput: our trainers against the conventional alternatives",
         "",
-        f"Device: `{first.device_name}` ({first.device}); torch {first.torch}; dataset {first.dataset}, "
+        f"Device: `{first.device_name}` ({first.device}{cpu_facts(prov)}); torch {first.torch}; dataset {first.dataset}, "
         f"{info['images']} images, {info['epochs']} epoch(s) of {info['steps_per_epoch']} steps, batch {first.batch}. "
         "Runs interleaved in one process (A B B A ...); examples/s summed over the models trained; ratio = candidate / baseline, "
         "median over repeats (min-max in brackets). One noisy machine: trust the ratios more than the absolute numbers.",
@@ -165,7 +175,7 @@ def write_throughput(df, out_dir: Path, cfg: BenchConfig, skipped: dict[str, str
     return [out / "throughput.csv", out / "throughput.md", *save_figure(throughput_figure(df), out, "throughput")]
 
 
-def write_compare(result: CompareResult, out_dir: str | Path) -> list[Path]:
+def write_compare(result: CompareResult, out_dir: str | Path, prov: dict | None = None) -> list[Path]:
     """compare.csv (per-repeat runs), compare_summary.csv and compare.md, each written atomically."""
     from vibbench.core.atomic import atomic_write_text
 
@@ -173,5 +183,5 @@ def write_compare(result: CompareResult, out_dir: str | Path) -> list[Path]:
     paths = [out / "compare.csv", out / "compare_summary.csv", out / "compare.md"]
     atomic_write_text(paths[0], result.runs.to_csv(index=False, float_format="%.10g"))
     atomic_write_text(paths[1], result.summary.to_csv(index=False, float_format="%.10g"))
-    atomic_write_text(paths[2], compare_markdown(result))
+    atomic_write_text(paths[2], compare_markdown(result, prov))
     return paths

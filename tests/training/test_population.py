@@ -9,6 +9,8 @@ from vibbench import create_model
 from vibbench.evaluation.inference import predict
 from vibbench.training.checkpoints import load_checkpoint
 from vibbench.training.config import TrainConfig
+import vibbench.training.population as P
+from vibbench.core.errors import VibbenchError
 from vibbench.training.population import population_key, train_population
 from vibbench.training.loop import TrainingDiverged
 from vibbench.training.single import train_model
@@ -91,14 +93,45 @@ def test_population_resumes_to_identical_weights(synthetic, tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         train_population([build(n) for n in names], x, y, cfg, seed=1, labels_of_members=names, checkpoint_path=tmp_path / "s.pt", config_hash="h")
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
-    # the keys of checkpoints written before the loop core existed, so that their runs still resume
-    expected_keys = {"epoch", "params", "ema", "optimizer", "order_rng", "noise_rng", "histories", "seconds"}
-    assert set(load_checkpoint(tmp_path / "s.pt", "h")) == expected_keys
+    # the keys of checkpoints written before the loop core existed, and the layout of the stacked matrices
+    saved = load_checkpoint(tmp_path / "s.pt", "h")
+    assert set(saved) == {"epoch", "params", "ema", "optimizer", "order_rng", "noise_rng", "histories", "seconds", "layout"}
+    member = dict(build(names[0]).named_parameters())
+    stacked = dict(zip(P._PopulationStep([build(n) for n in names], x, y, cfg, []).names, saved["params"]))
+    matrices = [(n, p) for n, p in member.items() if p.dim() == 2]
+    assert matrices
+    for name, p in matrices:  # each (out, in) matrix stored as a contiguous (M, in, out)
+        assert stacked[f"model.{name}"].shape == (2, p.shape[1], p.shape[0]) and stacked[f"model.{name}"].is_contiguous()
     resumed = [build(n) for n in names]
     results = train_population(resumed, x, y, cfg, seed=1, labels_of_members=names, checkpoint_path=tmp_path / "s.pt", config_hash="h")
     assert results[0].resumed_from_epoch == 1
     for a, b in zip(ref, resumed):
         assert max_diff(a, b) == 0
+
+
+def test_a_checkpoint_in_the_old_layout_is_refused_not_loaded_transposed(synthetic, tmp_path, monkeypatch):
+    """Before, the stacked matrices were stored (M, out, in): a square one would load without a shape error."""
+    import vibbench.training.loop as loop
+    from vibbench.training.checkpoints import save_checkpoint
+
+    cfg = dataclasses.replace(CFG, epochs=2, max_train_examples=None)
+    x, y = synthetic.train.images[:500], synthetic.train.labels[:500]
+    names = ["mlp_vib", "mlp_vib"]
+    real_save = loop.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_population([build(n) for n in names], x, y, cfg, seed=1, labels_of_members=names, checkpoint_path=tmp_path / "s.pt", config_hash="h")
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    old = load_checkpoint(tmp_path / "s.pt", "h")
+    del old["layout"]
+    save_checkpoint(tmp_path / "s.pt", old, "h")
+    with pytest.raises(VibbenchError, match="another layout.*--retrain"):
+        train_population([build(n) for n in names], x, y, cfg, seed=1, labels_of_members=names, checkpoint_path=tmp_path / "s.pt", config_hash="h")
 
 
 def test_a_diverging_member_is_named(synthetic):

@@ -42,7 +42,7 @@ from vibbench.runs.config import ModelSpec, RunConfig
 from vibbench.runs.provenance import code_version
 from vibbench.training.checkpoints import load_checkpoint
 from vibbench.training.loop import TrainingDiverged
-from vibbench.training.population import population_key, train_population
+from vibbench.training.population import LAYOUT as POPULATION_LAYOUT, population_key, train_population
 from vibbench.training.single import train_model
 
 Job = tuple[ModelSpec, int]
@@ -194,7 +194,7 @@ def _train_group(cfg: RunConfig, members: list[Job], data: DeviceData, cache_dir
             )
         ]
     else:
-        pop_hash = stable_hash(sorted(hashes))
+        pop_hash = stable_hash({"members": sorted(hashes), "layout": POPULATION_LAYOUT})
         state = population_dir(cache_dir, pop_hash) / "train_state.pt"
         remove_stale_temps(state.parent)
         log(f"training a population of {len(members)}: {', '.join(labels)}")

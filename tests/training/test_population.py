@@ -75,14 +75,10 @@ def test_population_key_groups_by_architecture():
     assert population_key(create_model("conv_vib")) != population_key(create_model("mlp_vib"))
 
 
-def test_population_resumes_to_identical_weights(synthetic, tmp_path, monkeypatch):
+def _killed_after_first_checkpoint(names, x, y, cfg, path, monkeypatch):
+    """Train a population of `names` with a checkpoint at `path` (config hash "h"), killed right after the first save."""
     import vibbench.training.loop as loop
 
-    cfg = dataclasses.replace(CFG, epochs=2, max_train_examples=None)
-    x, y = synthetic.train.images[:500], synthetic.train.labels[:500]
-    names = ["mlp_vib", "mlp_vib"]
-    ref = [build(n) for n in names]
-    train_population(ref, x, y, cfg, seed=1, labels_of_members=names)
     real_save = loop.save_checkpoint
 
     def save_then_die(*args, **kwargs):
@@ -91,8 +87,17 @@ def test_population_resumes_to_identical_weights(synthetic, tmp_path, monkeypatc
 
     monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train_population([build(n) for n in names], x, y, cfg, seed=1, labels_of_members=names, checkpoint_path=tmp_path / "s.pt", config_hash="h")
+        train_population([build(n) for n in names], x, y, cfg, seed=1, labels_of_members=names, checkpoint_path=path, config_hash="h")
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
+
+
+def test_population_resumes_to_identical_weights(synthetic, tmp_path, monkeypatch):
+    cfg = dataclasses.replace(CFG, epochs=2, max_train_examples=None)
+    x, y = synthetic.train.images[:500], synthetic.train.labels[:500]
+    names = ["mlp_vib", "mlp_vib"]
+    ref = [build(n) for n in names]
+    train_population(ref, x, y, cfg, seed=1, labels_of_members=names)
+    _killed_after_first_checkpoint(names, x, y, cfg, tmp_path / "s.pt", monkeypatch)
     # the keys of checkpoints written before the loop core existed, and the layout of the stacked matrices
     saved = load_checkpoint(tmp_path / "s.pt", "h")
     assert set(saved) == {"epoch", "params", "ema", "optimizer", "order_rng", "noise_rng", "histories", "seconds", "layout"}
@@ -111,22 +116,12 @@ def test_population_resumes_to_identical_weights(synthetic, tmp_path, monkeypatc
 
 def test_a_checkpoint_in_the_old_layout_is_refused_not_loaded_transposed(synthetic, tmp_path, monkeypatch):
     """Before, the stacked matrices were stored (M, out, in): a square one would load without a shape error."""
-    import vibbench.training.loop as loop
     from vibbench.training.checkpoints import save_checkpoint
 
     cfg = dataclasses.replace(CFG, epochs=2, max_train_examples=None)
     x, y = synthetic.train.images[:500], synthetic.train.labels[:500]
     names = ["mlp_vib", "mlp_vib"]
-    real_save = loop.save_checkpoint
-
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_population([build(n) for n in names], x, y, cfg, seed=1, labels_of_members=names, checkpoint_path=tmp_path / "s.pt", config_hash="h")
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    _killed_after_first_checkpoint(names, x, y, cfg, tmp_path / "s.pt", monkeypatch)
     old = load_checkpoint(tmp_path / "s.pt", "h")
     del old["layout"]
     save_checkpoint(tmp_path / "s.pt", old, "h")

@@ -222,3 +222,55 @@ def test_eot_pgd_is_torchattacks_eotpgd_with_the_draws_shared(linear_case):
     ours = ATTACKS["pgd"].build(AttackRequest(AttackTarget(model, "eot"), 0.1, s, random_start=False))(x, y)
     ref = torchattacks.EOTPGD(AttackTarget(model, "eot"), eps=0.1, alpha=2.5 * 0.1 / 10, steps=10, eot_iter=3, random_start=False)(x, y)
     assert torch.equal(ours, ref)
+
+
+def test_pgd_on_a_deterministic_path_is_torchattacks_pgd(linear_case):
+    """Without `done`, PGD on the direct path (random start included, under the same seed) is torchattacks' PGD."""
+    import torchattacks
+
+    model, x, y = linear_case
+    s = AttackSettings(pgd_steps=10, batch_size=N)
+    torch.manual_seed(3)
+    ours = ATTACKS["pgd"].build(AttackRequest(AttackTarget(model, "direct"), 0.1, s))(x, y)
+    torch.manual_seed(3)
+    ref = torchattacks.PGD(AttackTarget(model, "direct"), eps=0.1, alpha=2.5 * 0.1 / 10, steps=10, random_start=True)(x, y)
+    assert torch.equal(ours, ref)
+
+
+def test_iterate_freezes_done_images_at_the_checks():
+    """Image k grows by 1 a step and is done from value k on; done is asked before the first step and every
+    CHECK_EVERY steps, so it stops at the first check at or after k (and never-done images take every step)."""
+    from vibbench.evaluation.attacks.early_stop import CHECK_EVERY, iterate
+
+    threshold = torch.tensor([0.0, 1.0, 4.0, 5.0, 100.0])
+    asked = []
+
+    def done(adv, rows):
+        asked.append(rows.tolist())
+        return adv >= threshold[rows]
+
+    out = iterate(torch.zeros(5), 10, lambda a, rows: a + 1, done)
+    assert CHECK_EVERY == 4
+    assert out.tolist() == [0.0, 4.0, 4.0, 8.0, 10.0]
+    assert asked == [[0, 1, 2, 3, 4], [1, 2, 3, 4], [3, 4]]  # checks at steps 0, 4, 8 on the images still stepping
+    assert iterate(torch.zeros(5), 10, lambda a, rows: a + 1, None).tolist() == [10.0] * 5
+
+
+@pytest.mark.parametrize("name", ["pgd", "pgd_l2"])
+def test_early_stop_keeps_broken_points_and_otherwise_the_plain_iterates(linear_case, name):
+    """On a deterministic model (each image's iterates independent of the batch): an image early stopping froze is
+    misclassified where it stopped; every other image ends where the plain attack ends. So the images it leaves
+    robust are a subset of the plain attack's."""
+    model, x, y = linear_case
+    eps = BUDGET[ATTACKS[name].norm] * 1.5
+    s = AttackSettings(pgd_steps=12, eot_iter=1, batch_size=N)
+    build = lambda: ATTACKS[name].build(AttackRequest(AttackTarget(model, "direct"), eps, s, random_start=False))
+    plain = build()(x, y)
+    stopping = build()
+    stopping.done = lambda adv, rows: model(adv).argmax(1) != y[rows]
+    early = stopping(x, y)
+    with torch.no_grad():
+        broken_plain, broken_early = model(plain).argmax(1) != y, model(early).argmax(1) != y
+    same = (early - plain).flatten(1).abs().amax(1) < 1e-6
+    assert (broken_early | same).all()
+    assert (broken_plain <= broken_early).all() and 0 < broken_plain.sum() and not same.all()

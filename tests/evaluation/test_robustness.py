@@ -1,5 +1,6 @@
 """Robustness: the harness against torchattacks run directly, worst-case aggregation, masking checks."""
 
+import dataclasses
 import math
 
 import pytest
@@ -39,8 +40,9 @@ def by(records, metric, **match):
 
 
 def test_harness_equals_torchattacks_run_directly(trained_mlp, synthetic):
+    """Without early stopping (which only ever lowers PGD's accuracy: the next test)."""
     x, y = synthetic.test.images[:N], synthetic.test.labels[:N]
-    records = evaluate_robustness(trained_mlp, x, y, small(), seed=5)
+    records = evaluate_robustness(trained_mlp, x, y, small(early_stop=False), seed=5)
     for eps in (0.1, 0.3):
         adv = torchattacks.FGSM(trained_mlp, eps=eps)(x, y)
         direct = (trained_mlp(adv).argmax(1) == y).float().mean().item()
@@ -51,6 +53,39 @@ def test_harness_equals_torchattacks_run_directly(trained_mlp, synthetic):
         assert by(records, "robust_accuracy", attack="pgd", eps=eps) == [direct]
     clean = by(records, "robust_accuracy", attack="clean")[0]
     assert clean > 0.8 and by(records, "robust_accuracy", attack="pgd", eps=0.3)[0] < clean
+
+
+def test_early_stop_only_lowers_pgd_accuracy(trained_mlp, trained_vib, synthetic):
+    """PGD that stops on images the judge has broken reports at most the plain attack's accuracy, on a deterministic
+    model and on both paths of a stochastic one (where early stopping cannot freeze an image some draw still gets
+    right). FGSM, a single step, is unchanged. (On these easy images the two agree; test_attacks.py shows the
+    mechanism: frozen images broken, the others on the plain iterates.)"""
+    x, y = synthetic.test.images[:N], synthetic.test.labels[:N]
+    for model in (trained_mlp, trained_vib):
+        s = dict(attacks=("fgsm", "pgd", "pgd_l2"), eot_iter=2, judge_draws=2)
+        plain = evaluate_robustness(model, x, y, small(early_stop=False, **s), seed=5)
+        early = evaluate_robustness(model, x, y, small(**s), seed=5)
+        keys = [(r["attack"], r["path"], r["eps"]) for r in plain if r["metric"] == "robust_accuracy" and r["attack"] in ("pgd", "pgd_l2")]
+        assert len(keys) >= 3
+        for attack, path, eps in keys:
+            assert by(early, "robust_accuracy", attack=attack, path=path, eps=eps)[0] <= by(plain, "robust_accuracy", attack=attack, path=path, eps=eps)[0]
+        assert by(early, "robust_accuracy", attack="fgsm") == by(plain, "robust_accuracy", attack="fgsm")
+
+
+def test_autoattack_takes_the_square_rows_result_instead_of_running_square_again(trained_mlp, synthetic, monkeypatch):
+    """Square runs once per budget (its own row); the ensemble's Square part takes that result, so the ensemble
+    leaves robust no image Square broke."""
+    calls = []
+    real = torchattacks.Square.forward
+    monkeypatch.setattr(torchattacks.Square, "forward", lambda self, *a: calls.append(len(a[0])) or real(self, *a))
+    x, y = synthetic.test.images[:40], synthetic.test.labels[:40]
+    s = small(attacks=("square", "autoattack"), subset=40, expensive_subset=40, apgd_steps=2, fab_steps=2, square_queries=100, expensive_eps=(0.1, 0.3))
+    records = evaluate_robustness(trained_mlp, x, y, s, seed=0)
+    assert calls == [40, 40]  # the Square row at 0.1 and 0.3; none from the ensemble
+    for eps in (0.1, 0.3):
+        assert by(records, "robust_accuracy", attack="autoattack", eps=eps)[0] <= by(records, "robust_accuracy", attack="square", eps=eps)[0]
+    without_row = evaluate_robustness(trained_mlp, x, y, dataclasses.replace(s, attacks=("autoattack",)), seed=0)
+    assert len(calls) > 2 and by(without_row, "robust_accuracy", attack="autoattack", eps=0.3)  # alone, it runs its own Square
 
 
 def test_each_attack_and_path_has_its_wall_time(trained_vib, synthetic):
@@ -198,6 +233,7 @@ def test_stochastic_models_are_attacked_through_both_paths(trained_vib, syntheti
         (lambda: AttackSettings(linf_eps=(0.1, 1.5)), "outside [0, 1]"),
         (lambda: AttackSettings(linf_eps=(-0.1,)), "eps must be a finite number >= 0"),
         (lambda: AttackSettings(subset=0), "subset must be a positive integer"),
+        (lambda: AttackSettings(early_stop="yes"), "early_stop must be true or false"),
     ],
 )
 def test_bad_attack_input(call, message):

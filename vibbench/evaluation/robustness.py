@@ -13,6 +13,9 @@ any budget eps' <= eps (a perturbation within eps' is within eps too). Its per-i
 largest budget of the grid at which the image is robust (metric worst_case_radius, bin = its test-set index), from
 which the report computes paired tests between models on the same images.
 
+PGD (L-inf and L2) stops on an image once the judge has it broken under every draw (settings `early_stop`,
+attacks/early_stop.py); without it, PGD's last iterate is judged, as torchattacks returns it.
+
 Minimal-perturbation attacks (C&W) end at a point the judge misclassifies: each perturbation found is scaled up
 along its own direction until the judge's draw calls it wrong, and an image's distance under a draw is the smallest
 such perturbation (0 for a clean mistake, infinite when none was found).
@@ -77,8 +80,14 @@ class AttackRun:
     clean: torch.Tensor
 
     def adversarial(self, attack: str, m: int, eps: float, path: str, **options) -> torch.Tensor:
-        """Adversarial versions of the first m images (`options`: random_start, cw_c)."""
-        return adversarial_examples(self.model, self.x[:m], self.y[:m], attack, eps, path, self.settings, self.seed, **options)
+        """Adversarial versions of the first m images (`options`: random_start, cw_c). With the settings'
+        `early_stop`, an iterative attack stops on an image once `broken` says so."""
+        done = self.broken if self.settings.early_stop else None
+        return adversarial_examples(self.model, self.x[:m], self.y[:m], attack, eps, path, self.settings, self.seed, done=done, **options)
+
+    def broken(self, adv: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """(len(adv),): robust under no draw of the judge, so counted broken whatever an attack does next."""
+        return ~self.robust(adv, positions).any(0)
 
     def robust(self, adv: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """(draws, len(adv)): image `positions[k]` (default k) is right under the draw clean and attacked."""
@@ -92,19 +101,26 @@ def budgeted_robustness(run: AttackRun, spec: AttackSpec, path: str, m: int) -> 
     return {(spec.name, path, spec.norm, eps): run.robust(run.adversarial(spec.name, m, eps, path)) for eps in grid}
 
 
-def ensemble_robustness(run: AttackRun, spec: AttackSpec, path: str, m: int) -> dict[Key, torch.Tensor]:
+def ensemble_robustness(run: AttackRun, spec: AttackSpec, path: str, m: int, known: dict[Key, torch.Tensor] | None = None) -> dict[Key, torch.Tensor]:
     """The AutoAttack ensemble (attacks/autoattack.py) at each expensive budget: its parts run in order, each on the
     images still robust under some draw; an image's result is the strongest adversarial image found so far (the one
-    fewest draws classify correctly)."""
+    fewest draws classify correctly). A part that is also an attack of the run (Square) and already ran on these
+    images at this budget and path is not run again: its judged result in `known` stands for it on those images
+    (the same attack; only its random draws, taken per batch, differ from a run on the remaining images alone)."""
+    known = known or {}
     out = {}
     for eps in run.settings.expensive_eps:
         robust = run.clean[:, :m].clone()
-        for _, part in autoattack.parts(attack_request(run.model, path, eps, run.settings, run.seed)):
+        for name, part in autoattack.parts(attack_request(run.model, path, eps, run.settings, run.seed)):
             todo = robust.any(0).nonzero().flatten()
             if todo.numel() == 0:
                 break
-            adv = attack_in_chunks(part, run.x[todo.to(run.x.device)], run.y[todo.to(run.y.device)], run.settings.batch_size, run.seed)
-            found = run.robust(adv, todo.cpu())
+            ran = known.get((name, path, spec.norm, eps))
+            if ran is not None and ran.shape[-1] >= m:
+                found = ran[:, todo.to(ran.device)]
+            else:
+                adv = attack_in_chunks(part, run.x[todo.to(run.x.device)], run.y[todo.to(run.y.device)], run.settings.batch_size, run.seed)
+                found = run.robust(adv, todo.cpu())
             stronger = found.sum(0) < robust[:, todo].sum(0)
             robust[:, todo[stronger]] = found[:, stronger]
         out[(spec.name, path, spec.norm, eps)] = robust
@@ -180,7 +196,7 @@ def evaluate_robustness(
                     if spec.minimal:
                         found, distances[(attack, path, spec.norm, float("nan"))] = minimal_robustness(run, spec, path, m)
                     elif attack == "autoattack":
-                        found = ensemble_robustness(run, spec, path, m)
+                        found = ensemble_robustness(run, spec, path, m, known=robust)
                     else:
                         found = budgeted_robustness(run, spec, path, m)
                 robust |= found

@@ -37,8 +37,11 @@ class AttackSettings:
     oracle_draws: int = 8  # draws (fixed once per attack) of the oracle Square queries on a stochastic model's EOT path
     square_stop_margin: float = 1.0  # on a stochastic model Square stops on an image once log p(true) < log p(other) - this
     batch_size: int = 500
+    early_stop: bool = True  # PGD stops on an image once the judge has it broken under every draw (attacks/early_stop.py)
 
     def __post_init__(self):
+        if not isinstance(self.early_stop, bool):
+            raise VibbenchError(f"early_stop must be true or false, got {self.early_stop!r}")
         for name in self.attacks:
             if name not in ATTACKS:
                 raise VibbenchError(unknown_name_message("attack", name, tuple(ATTACKS)))
@@ -89,7 +92,10 @@ def autoattack_label(s: AttackSettings) -> str:
         f"on the EOT path the version for randomized defenses: APGD-CE and APGD-DLR, {s.apgd_steps} steps, "
         f"EOT over {s.eot_iter} draws (the original: 100 steps, 20 draws)"
     )
-    return f"{head}; {rand}; each part attacks the images the judge still finds robust, and the strongest image found is kept"
+    return (
+        f"{head}; {rand}; each part attacks the images the judge still finds robust, and the strongest image found is kept; "
+        "its Square part is the Square row's run on the same images"
+    )
 
 
 PAPER_TARGET_RULES = {

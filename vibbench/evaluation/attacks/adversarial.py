@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from vibbench.core.errors import VibbenchError, unknown_name_message
+from vibbench.evaluation.attacks.early_stop import Done
 from vibbench.evaluation.attacks.registry import ATTACKS
 from vibbench.evaluation.attacks.target import AttackRequest, AttackTarget
 from vibbench.evaluation.inference import seeded_noise
@@ -23,9 +24,11 @@ def adversarial_examples(
     seed: int = 0,
     random_start: bool = True,
     cw_c: float = 1.0,
+    done: Done | None = None,
 ) -> torch.Tensor:
     """Run one attack in chunks of `s.batch_size`; returns the adversarial images (same shape).
-    `random_start` applies to PGD, `cw_c` to CW."""
+    `random_start` applies to PGD, `cw_c` to CW; `done` (positions in `images`) stops an iterative attack
+    on an image once it is broken (attacks/early_stop.py), ignored by the others."""
     spec = ATTACKS.get(name)
     if spec is None:
         raise VibbenchError(unknown_name_message("attack", name, tuple(ATTACKS)))
@@ -33,7 +36,7 @@ def adversarial_examples(
         raise VibbenchError("the evaluation subset is empty: nothing to attack (check --attack-subset / max_eval_examples)")
     check_eps(spec.norm, eps)
     attack = spec.build(attack_request(model, path, eps, s, seed, random_start=random_start, cw_c=cw_c))
-    return attack_in_chunks(attack, images, labels, s.batch_size, seed)
+    return attack_in_chunks(attack, images, labels, s.batch_size, seed, done=done)
 
 
 def attack_request(model: Classifier, path: str, eps: float, s: AttackSettings, seed: int = 0, **options) -> AttackRequest:
@@ -41,10 +44,18 @@ def attack_request(model: Classifier, path: str, eps: float, s: AttackSettings, 
     return AttackRequest(AttackTarget(model, path), eps, s, seed, getattr(model, "num_classes", 10), **options)
 
 
-def attack_in_chunks(attack, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int) -> torch.Tensor:
-    """`attack(images, labels)` in chunks of `batch_size` under the noise seed `seed`; the adversarial images, detached."""
+def attack_in_chunks(attack, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, done: Done | None = None) -> torch.Tensor:
+    """`attack(images, labels)` in chunks of `batch_size` under the noise seed `seed`; the adversarial images, detached.
+    An attack that stops early (a `done` attribute) is given `done` for each chunk, in positions of `images`."""
+    stops = done is not None and hasattr(attack, "done")
+    out = []
     with seeded_noise(seed, images.device):
-        out = [attack(images[i : i + batch_size], labels[i : i + batch_size]).detach() for i in range(0, images.shape[0], batch_size)]
+        for i in range(0, images.shape[0], batch_size):
+            if stops:
+                attack.done = lambda adv, rows, start=i: done(adv, rows.cpu() + start)
+            out.append(attack(images[i : i + batch_size], labels[i : i + batch_size]).detach())
+    if stops:
+        attack.done = None
     return torch.cat(out)
 
 

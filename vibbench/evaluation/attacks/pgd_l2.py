@@ -12,6 +12,8 @@ It is torchattacks' PGDL2 with two changes, both in how a step's direction is co
 - the EOT average over draws (torchattacks has no L2 EOT attack), taken by `AttackTarget.draws`: one encoder
   pass for all draws of a stochastic model.
 
+With `done` set (the harness sets it from the judge) an image stops once it is broken (attacks/early_stop.py).
+
 With eot_iter = 1 and a gradient far above 1e-10 the iterates equal torchattacks' PGDL2 (a test checks this).
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vibbench.evaluation.attacks.early_stop import iterate
 from vibbench.evaluation.attacks.target import AttackRequest
 
 
@@ -27,6 +30,8 @@ def build(r: AttackRequest):
     import torchattacks
 
     class EOTPGDL2(torchattacks.PGDL2):
+        done = None  # attacks/early_stop.py
+
         def __init__(self, model, *, eps, alpha, steps, random_start, eot_iter):
             super().__init__(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start)
             self.eot_iter = eot_iter
@@ -42,18 +47,21 @@ def build(r: AttackRequest):
                 delta *= torch.zeros_like(norms).uniform_(0, 1) / norms * self.eps
                 adv = torch.clamp(adv + delta, min=0, max=1).detach()
             tiny = torch.finfo(torch.float32).tiny
-            for _ in range(self.steps):
-                adv.requires_grad_(True)
-                out = self.model.draws(adv, self.eot_iter) if self.eot_iter > 1 else self.get_logits(adv)[None]
-                loss = F.cross_entropy(out.flatten(0, 1), labels.repeat(out.shape[0]), reduction="sum")
-                grad = torch.autograd.grad(loss, adv)[0]
+
+            def step(a, rows):
+                k = len(a)
+                a = a.clone().requires_grad_(True)
+                out = self.model.draws(a, self.eot_iter) if self.eot_iter > 1 else self.get_logits(a)[None]
+                loss = F.cross_entropy(out.flatten(0, 1), labels[rows].repeat(out.shape[0]), reduction="sum")
+                grad = torch.autograd.grad(loss, a)[0]
                 # scaled by the largest entry first, so that squaring 1e-20-sized entries cannot underflow the norm
-                grad = grad / grad.view(n, -1).abs().amax(1).clamp_min(tiny).view(n, 1, 1, 1)
-                adv = adv.detach() + self.alpha * grad / grad.view(n, -1).norm(p=2, dim=1).clamp_min(tiny).view(n, 1, 1, 1)
-                delta = adv - images
-                factor = (self.eps / delta.view(n, -1).norm(p=2, dim=1)).clamp(max=1.0)
-                adv = torch.clamp(images + delta * factor.view(n, 1, 1, 1), min=0, max=1).detach()
-            return adv
+                grad = grad / grad.view(k, -1).abs().amax(1).clamp_min(tiny).view(k, 1, 1, 1)
+                a = a.detach() + self.alpha * grad / grad.view(k, -1).norm(p=2, dim=1).clamp_min(tiny).view(k, 1, 1, 1)
+                delta = a - images[rows]
+                factor = (self.eps / delta.view(k, -1).norm(p=2, dim=1)).clamp(max=1.0)
+                return torch.clamp(images[rows] + delta * factor.view(k, 1, 1, 1), min=0, max=1).detach()
+
+            return iterate(adv, self.steps, step, self.done)
 
     s = r.settings
     return EOTPGDL2(r.target, eps=r.eps, alpha=2.5 * r.eps / s.pgd_steps, steps=s.pgd_steps, random_start=r.random_start, eot_iter=r.eot_iter)

@@ -56,9 +56,10 @@ def test_harness_equals_torchattacks_run_directly(trained_mlp, synthetic):
 
 
 def test_early_stop_only_lowers_pgd_accuracy(trained_mlp, trained_vib, synthetic):
-    """PGD that stops on images the judge has broken reports at most the plain attack's accuracy, on a deterministic
-    model and on both paths of a stochastic one (where early stopping cannot freeze an image some draw still gets
-    right). FGSM, a single step, is unchanged. (On these easy images the two agree; test_attacks.py shows the
+    """PGD that stops on images the judge has broken reports at most the plain attack's accuracy on a deterministic
+    function (a deterministic model, a stochastic one's mean path) and within noise on the EOT path, whose other
+    images take their steps under other draws (early stopping never freezes an image some draw still gets right).
+    FGSM, a single step, is unchanged. (On these easy images the two agree; test_attacks.py shows the
     mechanism: frozen images broken, the others on the plain iterates.)"""
     x, y = synthetic.test.images[:N], synthetic.test.labels[:N]
     for model in (trained_mlp, trained_vib):
@@ -68,7 +69,8 @@ def test_early_stop_only_lowers_pgd_accuracy(trained_mlp, trained_vib, synthetic
         keys = [(r["attack"], r["path"], r["eps"]) for r in plain if r["metric"] == "robust_accuracy" and r["attack"] in ("pgd", "pgd_l2")]
         assert len(keys) >= 3
         for attack, path, eps in keys:
-            assert by(early, "robust_accuracy", attack=attack, path=path, eps=eps)[0] <= by(plain, "robust_accuracy", attack=attack, path=path, eps=eps)[0]
+            noise = 0.02 if path == "eot" else 0.0  # 4 of the 200 image-draws
+            assert by(early, "robust_accuracy", attack=attack, path=path, eps=eps)[0] <= by(plain, "robust_accuracy", attack=attack, path=path, eps=eps)[0] + noise
         assert by(early, "robust_accuracy", attack="fgsm") == by(plain, "robust_accuracy", attack="fgsm")
 
 

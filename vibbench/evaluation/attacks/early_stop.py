@@ -6,10 +6,10 @@ done when no draw of the judge classifies it correctly both clean and attacked, 
 further steps would do. Every `CHECK_EVERY` steps (and before the first) the done images are frozen at their
 current point and drop out of the batch; the others step on as before.
 
-This can only lower the robust accuracy an attack reports, never raise it: a frozen image is broken under every
-draw, and an image that is never frozen takes the steps it takes without early stopping (on a deterministic path
-the same iterates; on the EOT path a draw of the same distribution). The plain attack keeps only its last
-iterate, which can step back across the boundary; early stopping keeps the broken point it found, as
+A frozen image is broken under every draw, and an image that is never frozen takes the steps it takes without
+early stopping: on a deterministic path the same iterates, so the robust accuracy an attack reports can only fall;
+on the EOT path the same steps under other draws of the noise, so it agrees within noise. The plain attack keeps
+only its last iterate, which can step back across the boundary; early stopping keeps the broken point it found, as
 AutoAttack's APGD keeps its best point.
 """
 

@@ -16,6 +16,7 @@ ray = pytest.importorskip("ray")
 from vibbench.cli import main  # noqa: E402
 from vibbench.runs.config import make_run_config  # noqa: E402
 from vibbench.runs.cache import job_dir  # noqa: E402
+from vibbench.runs.jobs import resolve_trainer, training_groups  # noqa: E402
 
 SMOKE = ["run", "--profile", "smoke", "--dataset", "synthetic"]
 THREADS = 1
@@ -57,7 +58,10 @@ def test_smoke_sweep_on_ray_gives_the_local_metrics(tmp_path, local_metrics, ray
     err = capsys.readouterr().err
     assert code == 0, err
     assert (out / "metrics.csv").read_bytes() == local_metrics
-    assert "ray: 5 job(s) submitted" in err and "ray: 5/5 jobs done, 0 running, 0 failed" in err
+    cfg = make_run_config("smoke", dataset="synthetic", device="cpu")
+    units = len(training_groups([(spec, seed) for seed in cfg.seeds for spec in cfg.models], resolve_trainer("auto", "cpu")))
+    assert units == 5 or resolve_trainer("auto", "cpu") == "population"  # 5 models, alone or as populations (auto, on AVX2)
+    assert f"ray: {units} job(s) submitted" in err and f"ray: {units}/{units} jobs done, 0 running, 0 failed" in err
     prov = (out / "provenance.json").read_text()
     assert '"name": "ray"' in prov and f'"ray_version": "{ray.__version__}"' in prov
 

@@ -289,3 +289,15 @@ def test_non_finite_metrics_are_refused_even_when_the_loss_stayed_finite(dirs, c
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("vibbench: error: mlp_vib seed 0 diverged: non-finite val predictor nll") and "no result was written" in last
     assert not list(cache.glob("jobs/*/result.json")) and not list(cache.glob("jobs/*/model.pt"))
+
+
+@pytest.mark.parametrize(
+    "device, capability, expected",
+    [("cuda", "AVX512", "population"), ("cpu", "AVX2", "population"), ("cpu", "AVX512", "single"), ("cpu", "DEFAULT", "single")],
+)
+def test_trainer_auto_picks_populations_where_the_bench_measured_them_faster(device, capability, expected, monkeypatch):
+    from vibbench.runs import jobs
+
+    monkeypatch.setattr(jobs, "cpu_capability", lambda: capability)
+    assert jobs.resolve_trainer("auto", device) == expected
+    assert jobs.resolve_trainer("single", device) == "single" and jobs.resolve_trainer("population", "cpu") == "population"

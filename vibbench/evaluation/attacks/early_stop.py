@@ -26,13 +26,13 @@ PGD step, so checking every 4 steps costs at most 1/12 more and a broken image t
 Done = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def iterate(adv: torch.Tensor, steps: int, step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], done: Done | None) -> torch.Tensor:
-    """`steps` times adv <- step(adv, rows) where rows are the positions (within this call) of the images still
-    stepping; without `done` every image takes every step. Returns the final images."""
+def iterate(adv: torch.Tensor, steps: int, step: Callable[[torch.Tensor, torch.Tensor | slice], torch.Tensor], done: Done | None) -> torch.Tensor:
+    """`steps` times adv <- step(adv, rows) where rows index (within this call) the images still stepping; without
+    `done` every image takes every step, rows being the whole batch as a slice (views, no copies). Returns the final
+    images."""
     if done is None:
-        everyone = torch.arange(adv.shape[0], device=adv.device)
         for _ in range(steps):
-            adv = step(adv, everyone)
+            adv = step(adv, slice(None))
         return adv
     active = torch.arange(adv.shape[0], device=adv.device)
     for t in range(steps):

@@ -14,7 +14,6 @@ Without `done` the iterates equal torchattacks' (tests/evaluation/test_attacks.p
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from vibbench.evaluation.attacks.early_stop import iterate
 from vibbench.evaluation.attacks.target import AttackRequest
@@ -34,11 +33,8 @@ def build(r: AttackRequest):
                 adv = torch.clamp(adv + torch.empty_like(adv).uniform_(-self.eps, self.eps), min=0, max=1).detach()
 
             def step(a, rows):
-                a = a.clone().requires_grad_(True)
-                out = self.model.draws(a, self.eot_iter) if self.eot_iter > 1 else self.get_logits(a)[None]  # (draws, N, C)
-                loss = F.cross_entropy(out.flatten(0, 1), labels[rows].repeat(out.shape[0]), reduction="sum")
-                grad = torch.autograd.grad(loss, a)[0]
-                a = a.detach() + self.alpha * grad.sign()
+                grad = self.model.loss_gradient(a, labels[rows], self.eot_iter)
+                a = a + self.alpha * grad.sign()
                 delta = torch.clamp(a - images[rows], min=-self.eps, max=self.eps)
                 return torch.clamp(images[rows] + delta, min=0, max=1).detach()
 

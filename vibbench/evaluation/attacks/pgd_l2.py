@@ -20,7 +20,6 @@ With eot_iter = 1 and a gradient far above 1e-10 the iterates equal torchattacks
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from vibbench.evaluation.attacks.early_stop import iterate
 from vibbench.evaluation.attacks.target import AttackRequest
@@ -50,13 +49,10 @@ def build(r: AttackRequest):
 
             def step(a, rows):
                 k = len(a)
-                a = a.clone().requires_grad_(True)
-                out = self.model.draws(a, self.eot_iter) if self.eot_iter > 1 else self.get_logits(a)[None]
-                loss = F.cross_entropy(out.flatten(0, 1), labels[rows].repeat(out.shape[0]), reduction="sum")
-                grad = torch.autograd.grad(loss, a)[0]
+                grad = self.model.loss_gradient(a, labels[rows], self.eot_iter)
                 # scaled by the largest entry first, so that squaring 1e-20-sized entries cannot underflow the norm
                 grad = grad / grad.view(k, -1).abs().amax(1).clamp_min(tiny).view(k, 1, 1, 1)
-                a = a.detach() + self.alpha * grad / grad.view(k, -1).norm(p=2, dim=1).clamp_min(tiny).view(k, 1, 1, 1)
+                a = a + self.alpha * grad / grad.view(k, -1).norm(p=2, dim=1).clamp_min(tiny).view(k, 1, 1, 1)
                 delta = a - images[rows]
                 factor = (self.eps / delta.view(k, -1).norm(p=2, dim=1)).clamp(max=1.0)
                 return torch.clamp(images[rows] + delta * factor.view(k, 1, 1, 1), min=0, max=1).detach()

@@ -53,6 +53,13 @@ class AttackTarget(nn.Module):
             raise VibbenchError("fixed noise for the draws needs a stochastic model's EOT path with forward_details")
         return torch.stack([self(x) for _ in range(k)])
 
+    def loss_gradient(self, x: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+        """d/dx of the cross-entropy summed over `k` draws (`draws`; k = 1: one forward pass), a PGD step's direction."""
+        x = x.clone().requires_grad_(True)
+        out = self.draws(x, k) if k > 1 else self(x)[None]  # (draws, N, C)
+        loss = F.cross_entropy(out.flatten(0, 1), labels.repeat(out.shape[0]), reduction="sum")
+        return torch.autograd.grad(loss, x)[0]
+
 
 def paths_for(model: Classifier) -> tuple[str, ...]:
     """The paths a model is attacked on; a stochastic module of your own without a mean path (`has_mean_path` False,
@@ -64,12 +71,8 @@ def paths_for(model: Classifier) -> tuple[str, ...]:
 
 def input_gradients(model: Classifier, images: torch.Tensor, labels: torch.Tensor, path: str) -> torch.Tensor:
     """d CE / d x through one path, in eval mode (for the zero-gradient check)."""
-    target = AttackTarget(model, path)
-    x = images.clone().requires_grad_(True)
     with eval_mode(model):
-        loss = F.cross_entropy(target(x), labels, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x)
-    return grad
+        return AttackTarget(model, path).loss_gradient(images, labels, 1)
 
 
 @dataclass(frozen=True)

@@ -17,17 +17,19 @@ def test_step_plan_runs_whole_epochs_of_the_asked_steps():
         step_plan(10, 50, 100)
 
 
-def test_compare_training_returns_positive_ratios_for_both_comparisons():
+def test_compare_training_returns_positive_ratios_for_every_comparison():
     cfg = CompareConfig(
         steps=2, dataset="synthetic", batch_size=20, repeats=1, warmup=False,
         models=("mlp_deterministic", "mlp_vib", "mlp_vib:beta=1e-2"),  # a singleton group and a population of 2
     )  # fmt: skip
     result = compare_training(cfg)
     s = result.summary.set_index("comparison")
-    assert set(s.index) == {"pipeline", "population"}
+    assert set(s.index) == {"pipeline", "population", "products", "products_update"}
     assert (s.ratio > 0).all() and s.ratio.map(math.isfinite).all()
     assert s.loc["population", "models"] == 3 and s.loc["pipeline", "models"] == 1
-    assert (result.runs.steps == 2).all() and len(result.runs) == 4
+    assert (result.runs.steps == 2).all() and len(result.runs) == 8
+    assert s.loc["products", "baseline"] == "the step's matrix products alone"
+    assert result.info["step_flops_per_example"] > 0
     assert s.loc["population", "candidate"] == "train_population (2 groups)"
 
 
@@ -44,4 +46,4 @@ def test_compare_rejects_what_it_cannot_compare():
     with pytest.raises(VibbenchError, match="repeats"):
         compare_training(CompareConfig(steps=1, dataset="synthetic", batch_size=20, repeats=0))
     with pytest.raises(VibbenchError, match="nothing to compare"):
-        compare_training(CompareConfig(steps=1, dataset="synthetic", batch_size=20, pipeline=False, population=False))
+        compare_training(CompareConfig(steps=1, dataset="synthetic", batch_size=20, pipeline=False, population=False, limits=False))

@@ -5,7 +5,10 @@ same number of steps:
 - "pipeline": our `train_model` against `train_conventional` (vibbench.bench.conventional), one VIB model each;
 - "population": the quick registry (`PROFILES["quick"]`: the five `mlp_*` methods and VIB at four
   more betas, 9 models) trained as populations (grouped by `population.population_key`, one
-  `train_population` call per group) against the same 9 models trained one by one with `train_model`.
+  `train_population` call per group) against the same 9 models trained one by one with `train_model`;
+- "products" and "products_update": our `train_model` against the limits of its step on this machine
+  (vibbench.bench.limits): the step's matrix products alone, and those plus the trainer's Adam step and EMA,
+  replayed at the pipeline model's shapes; the ratio is the share of that limit our trainer reaches.
 Throughput is examples per second summed over the models trained (models x steps x batch / wall
 seconds); the ratio is candidate / baseline. Timing starts after the models are built and the
 data is loaded, and includes each trainer's own set-up; an untimed warm-up of every contestant on
@@ -58,6 +61,7 @@ class CompareConfig:
     baseline_precision: str = "fp32"
     pipeline: bool = True
     population: bool = True
+    limits: bool = True
     pipeline_model: str = PIPELINE_MODEL
     models: tuple[str, ...] | None = None
     seed: int = 0
@@ -69,8 +73,8 @@ class CompareConfig:
         check_precision(self.baseline_precision)
         check_positive_int("repeats", self.repeats)
         check_positive_int("steps", self.steps)
-        if not (self.pipeline or self.population):
-            raise VibbenchError("nothing to compare: enable pipeline or population")
+        if not (self.pipeline or self.population or self.limits):
+            raise VibbenchError("nothing to compare: enable pipeline, population or limits")
         from vibbench.data.datasets import DATASETS
         from vibbench.runs.config import parse_model_specs
 
@@ -181,6 +185,32 @@ def _conventional_pipeline(a: _Arena, repeat: int) -> _Run:
     return _Run("conventional (DataLoader + PIL + state_dict EMA + logging)", "baseline", 1, seconds, a.cfg.baseline_precision)
 
 
+def _limit(a: _Arena, repeat: int, update: bool) -> _Run:
+    from vibbench.bench.limits import StepProducts, step_products
+
+    c, _ = a.setting(repeat)
+    model = a.build(a.cfg.pipeline_model)
+    products = step_products(model, a.images[: a.cfg.batch_size], c.train_samples)
+    replay = StepProducts(products, a.device, c.precision, update=[p.shape for p in model.parameters()] if update else None, cfg=c)
+    steps = c.epochs * (a.steps_per_epoch if repeat >= 0 else 2)
+
+    def train():
+        for _ in range(steps):
+            replay.step()
+
+    seconds = a.timed(train)
+    name = "the step's matrix products" + (" + Adam + EMA" if update else " alone")
+    return _Run(name, "baseline", 1, seconds, a.cfg.precision)
+
+
+def _products_alone(a: _Arena, repeat: int) -> _Run:
+    return _limit(a, repeat, update=False)
+
+
+def _products_and_update(a: _Arena, repeat: int) -> _Run:
+    return _limit(a, repeat, update=True)
+
+
 def _populations(a: _Arena, repeat: int) -> _Run:
     from vibbench.training.population import population_key, train_population
     from vibbench.training.single import train_model
@@ -262,6 +292,7 @@ def compare_training(cfg: CompareConfig, progress: Callable[[str], None] | None 
     name = device_name(arena.device.type)
     pairs = [("pipeline", _ours_pipeline, _conventional_pipeline)] if cfg.pipeline else []
     pairs += [("population", _populations, _one_by_one)] if cfg.population else []
+    pairs += [("products", _ours_pipeline, _products_alone), ("products_update", _ours_pipeline, _products_and_update)] if cfg.limits else []
     rows: list[dict] = []
     for repeat in range(-1 if cfg.warmup else 0, cfg.repeats):
         for comparison, a, b in pairs:
@@ -278,6 +309,11 @@ def compare_training(cfg: CompareConfig, progress: Callable[[str], None] | None 
         "epochs": arena.train.epochs, "steps_per_epoch": arena.steps_per_epoch, "images": arena.steps_per_epoch * cfg.batch_size,
         "models": [s.label for s in arena.specs], "pipeline_model": cfg.pipeline_model,
     }  # fmt: skip
+    if cfg.limits:
+        from vibbench.bench.limits import step_products
+
+        products = step_products(arena.build(cfg.pipeline_model), arena.images[: cfg.batch_size], arena.train.train_samples)
+        info["step_flops_per_example"] = sum(p.flops for p in products) / cfg.batch_size
     return CompareResult(runs, summary, info)
 
 

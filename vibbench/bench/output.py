@@ -161,6 +161,23 @@ def compare_markdown(result: CompareResult, prov: dict | None = None) -> str:
         "",
         *markdown_table(header, rows),
     ]
+    flops = info.get("step_flops_per_example")
+    limits = result.summary[result.summary.comparison.isin(["products", "products_update"])]
+    if flops and len(limits):
+        lines += [
+            "",
+            f"The limits: {info['pipeline_model']}'s training step does {flops / 1e6:.1f} MFLOP of matrix products per example "
+            "(its linear layers' forward, weight-gradient and input-gradient products). `products` replays those products "
+            "alone at the step's shapes, `products_update` adds the trainer's fused Adam step and EMA over the model's "
+            "parameters: no trainer of this step can be faster than either. Their ratio is the share of that limit our "
+            "trainer reaches. In GFLOP/s of those products:",
+            "",
+        ]
+        for precision, d in limits.groupby("candidate_precision", sort=False):
+            rate = {r.comparison: r.baseline_examples_per_second * flops / 1e9 for r in d.itertuples(index=False)}
+            ours = d.candidate_examples_per_second.median() * flops / 1e9
+            parts = [f"{c} {rate[c]:,.0f}" for c in ("products", "products_update") if c in rate]
+            lines.append(f"- {precision}: {', '.join(parts)}; vibbench.train_model {ours:,.0f}")
     return "\n".join(lines) + "\n"
 
 

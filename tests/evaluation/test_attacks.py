@@ -179,6 +179,27 @@ def test_square_oracle_is_a_fixed_function_of_the_image(trained_vib):
         assert torch.allclose(a, direct, atol=1e-5)
 
 
+def test_square_oracle_takes_a_linear_decoders_product_form_and_other_decoders_the_samples(trained_vib, monkeypatch):
+    """With an nn.Linear decoder the oracle's draws are one product of std with the noise-scaled weights (z is never
+    formed: one forward of one sample at z = mu); a decoder that is not nn.Linear gets the samples. Both give the
+    same outputs up to float rounding."""
+    import copy
+
+    from vibbench.evaluation.attacks.square import FixedNoiseOracle
+
+    samples = []
+    real = type(trained_vib).forward_details
+    monkeypatch.setattr(type(trained_vib), "forward_details", lambda self, x, num_samples=None, eps=None: samples.append(num_samples) or real(self, x, num_samples, eps))
+    x = torch.rand(7, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    wrapped = copy.deepcopy(trained_vib).eval()
+    wrapped.decoder = nn.Sequential(wrapped.decoder)  # the same function, not an nn.Linear
+    with torch.no_grad():
+        fast = FixedNoiseOracle(trained_vib.eval(), draws=3, seed=1)(x)
+        slow = FixedNoiseOracle(wrapped, draws=3, seed=1)(x)
+    assert samples == [1, 3 * trained_vib.eval_samples]
+    assert torch.allclose(fast, slow, atol=1e-5) and torch.allclose(fast.exp().sum(1), torch.ones(7))
+
+
 @pytest.mark.parametrize(("path", "margin"), [("direct", 0.0), ("mean", 1.0), ("eot", 1.0)])
 def test_square_stops_beyond_the_boundary_only_on_a_stochastic_model(trained_vib, trained_mlp, path, margin):
     model = trained_mlp if path == "direct" else trained_vib

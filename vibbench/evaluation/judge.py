@@ -88,7 +88,7 @@ class Judge:
         r, s = self.noise.shape[:2]
         eps = self.noise[:, :, pos].flatten(0, 1).to(device=x.device)  # (R * S, B, K)
         logits = self.model.forward_details(x, num_samples=r * s, eps=eps).logits
-        return log_mean_softmax(logits.view(r, s, *logits.shape[1:]).transpose(0, 1)).argmax(-1)
+        return log_mean_softmax(logits.view(r, s, *logits.shape[1:]), dim=1).argmax(-1)
 
     def _predict(self, x: torch.Tensor, draw: int) -> torch.Tensor:
         # a deterministic model, or a stochastic one without fixed-noise support: seeded per draw and batch

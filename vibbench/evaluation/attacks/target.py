@@ -48,7 +48,7 @@ class AttackTarget(nn.Module):
             s = model.num_samples
             with mean_mode(model, False):
                 logits = model.forward_details(x, num_samples=k * s, eps=eps).logits.float()  # (k * s, N, C)
-            return log_mean_softmax(logits.view(k, s, *logits.shape[1:]).transpose(0, 1))
+            return log_mean_softmax(logits.view(k, s, *logits.shape[1:]), dim=1)
         if eps is not None:
             raise VibbenchError("fixed noise for the draws needs a stochastic model's EOT path with forward_details")
         return torch.stack([self(x) for _ in range(k)])

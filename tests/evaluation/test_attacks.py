@@ -209,6 +209,22 @@ def test_square_stops_beyond_the_boundary_only_on_a_stochastic_model(trained_vib
     assert type(attack.model).__name__ == ("FixedNoiseOracle" if path == "eot" else "AttackTarget")
 
 
+def test_eot_draws_are_shared_by_the_images_of_a_call_and_fresh_at_every_call(trained_vib):
+    """Without fixed noise, an EOT step's k draws come from torch's generator, shared by the images of the call: two
+    copies of one image get the same k outputs; the next call draws again; a seed makes them reproducible."""
+    target = AttackTarget(trained_vib.eval(), "eot")
+    x = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(6)).repeat(3, 1, 1, 1)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a, b = target.draws(x, 4), target.draws(x, 4)
+        torch.manual_seed(0)
+        again = target.draws(x, 4)
+    assert a.shape == (4, 3, trained_vib.num_classes)
+    assert torch.equal(a[:, 0], a[:, 1]) and torch.equal(a[:, 0], a[:, 2])  # shared by the images
+    assert not torch.allclose(a[0, 0], a[1, 0]) and not torch.allclose(a, b)  # k different draws, fresh per call
+    assert torch.equal(a, again)
+
+
 def test_shared_encoder_draws_equal_separate_passes_and_their_gradients(trained_vib):
     """k draws of the S-sample predictor from one encoder pass = k forward passes under the same noise: the same
     outputs and the same input gradient of the summed cross-entropy (the EOT step's), up to float rounding."""

@@ -134,3 +134,34 @@ def test_public_api():
     with pytest.raises(AttributeError, match="no_such_name"):
         vibbench.no_such_name
     assert not hasattr(vibbench, "fused_vib_head")
+
+
+def test_shared_noise_logits_equal_the_samples_with_their_input_gradient():
+    """The product form of a linear decoder under noise shared by the images equals forming z = mu + eps * std with
+    eps expanded over the batch: every sample's logits and the input gradient of a function of them; a decoder that
+    is not an nn.Linear gets the samples; other noise shapes are refused."""
+    import copy
+
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = create_model("mlp_vib").eval()
+    x = torch.rand(6, 784)
+    eps = torch.randn(9, 1, model.latent_dim)
+    weights = torch.randn(9, 6, 10)
+    grads = []
+    for m in (model, None):
+        xa = x.clone().requires_grad_(True)
+        if m is None:
+            logits = model.forward_details(xa, num_samples=9, eps=eps.expand(-1, 6, -1)).logits
+        else:
+            logits = m.shared_noise_logits(xa, eps)
+        (logits * weights).sum().backward()
+        grads.append((logits.detach(), xa.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-6)
+    wrapped = copy.deepcopy(model)
+    wrapped.decoder = nn.Sequential(wrapped.decoder)
+    torch.testing.assert_close(wrapped.shared_noise_logits(x, eps), grads[1][0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(VibbenchError, match=r"shared noise must have shape \(n, 1, 256\)"):
+        model.shared_noise_logits(x, torch.randn(9, 6, model.latent_dim))

@@ -187,6 +187,24 @@ class Classifier(nn.Module):
         z = mu[None] if self.mean_mode else reparameterize(mu, std, n, eps=eps)
         return ForwardDetails(mu, std, log_std, z, self.decoder(z), kl)
 
+    def shared_noise_logits(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Every sample's logits (n, B, C) of a stochastic model when the B images share the n draws `eps` (n, 1, K).
+
+        With the linear decoder (W, b), W (mu + eps_r * std) + b = (W mu + b) + (W diag(eps_r)) std: the n draws'
+        logits are one product of std (B, K) with the stacked noise-scaled weights (K, n x C), after one forward
+        pass at z = mu, and the samples z (n, B, K) are never formed. The same quantity as `forward_details` with
+        eps expanded over the batch (a test compares values and input gradients). A decoder that is not an
+        nn.Linear gets the samples."""
+        if eps.dim() != 3 or eps.shape[1] != 1 or eps.shape[2] != self.latent_dim:
+            raise VibbenchError(f"shared noise must have shape (n, 1, {self.latent_dim}), got {tuple(eps.shape)}")
+        b = x.shape[0]
+        if not self.stochastic or self.mean_mode or not isinstance(self.decoder, nn.Linear):
+            return self.forward_details(x, num_samples=eps.shape[0], eps=eps.expand(-1, b, -1)).logits
+        out = self.forward_details(x, num_samples=1, eps=eps.new_zeros(1, b, self.latent_dim))  # z = mu
+        n, _, k = eps.shape
+        scaled = (eps[:, 0, :, None] * self.decoder.weight.t()[None]).permute(1, 0, 2).reshape(k, -1)  # (K, n x C)
+        return (out.logits[0][:, None, :] + (out.std @ scaled).view(b, n, -1)).transpose(0, 1)
+
     def _fused_head(self, device: torch.device) -> bool:
         if self.head_impl == "eager":
             return False

@@ -41,14 +41,26 @@ class AttackTarget(nn.Module):
         On a stochastic model's EOT path the encoder is deterministic given x and only z is random, so the k
         draws of its S-sample predictor share one encoder pass: k x S samples of z in the head, each group of S
         averaged as the predictor does. The same quantity as k calls, at the cost of one encoder pass. `eps`
-        (k x S, N, K) fixes that noise (draw j takes rows j*S to (j+1)*S).
+        (k x S, N, K) fixes that noise (draw j takes rows j*S to (j+1)*S); (k x S, 1, K) shares it among the N
+        images. Without `eps` the draws are taken from torch's generator and shared among the images
+        (`Classifier.shared_noise_logits`: one product instead of forming k x S x N samples of z, and k x S x K
+        normal draws instead of N times as many, which were a third of the EOT gradient's time). Each image's
+        draws are still fresh at every call and independent of the judge's; only their correlation across the
+        images of a batch changes, and every image is attacked on its own loss, so each image's gradient is the
+        same estimate as with draws of its own.
         """
         model = self.model
         if self.path == "eot" and getattr(model, "stochastic", False) and hasattr(model, "forward_details") and hasattr(model, "eval_samples"):
             s = model.num_samples
+            shared = hasattr(model, "shared_noise_logits") and (eps is None or eps.shape[1] == 1)
             with mean_mode(model, False):
-                logits = model.forward_details(x, num_samples=k * s, eps=eps).logits.float()  # (k * s, N, C)
-            return log_mean_softmax(logits.view(k, s, *logits.shape[1:]), dim=1)
+                if shared:
+                    if eps is None:
+                        eps = torch.randn(k * s, 1, model.latent_dim, device=x.device)
+                    logits = model.shared_noise_logits(x, eps).float()  # (k * s, N, C)
+                else:
+                    logits = model.forward_details(x, num_samples=k * s, eps=eps).logits.float()
+            return log_mean_softmax(logits.reshape(k, s, *logits.shape[1:]), dim=1)
         if eps is not None:
             raise VibbenchError("fixed noise for the draws needs a stochastic model's EOT path with forward_details")
         return torch.stack([self(x) for _ in range(k)])

@@ -163,5 +163,8 @@ def test_shared_noise_logits_equal_the_samples_with_their_input_gradient():
     wrapped = copy.deepcopy(model)
     wrapped.decoder = nn.Sequential(wrapped.decoder)
     torch.testing.assert_close(wrapped.shared_noise_logits(x, eps), grads[1][0], rtol=1e-5, atol=1e-5)
+    model.mean_mode = True  # z = mu: every sample the same
+    torch.testing.assert_close(model.shared_noise_logits(x, eps), model.decoder(model.forward_details(x).mu)[None].expand(9, -1, -1))
+    model.mean_mode = False
     with pytest.raises(VibbenchError, match=r"shared noise must have shape \(n, 1, 256\)"):
         model.shared_noise_logits(x, torch.randn(9, 6, model.latent_dim))

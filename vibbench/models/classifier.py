@@ -197,11 +197,12 @@ class Classifier(nn.Module):
         nn.Linear gets the samples."""
         if eps.dim() != 3 or eps.shape[1] != 1 or eps.shape[2] != self.latent_dim:
             raise VibbenchError(f"shared noise must have shape (n, 1, {self.latent_dim}), got {tuple(eps.shape)}")
-        b = x.shape[0]
-        if not self.stochastic or self.mean_mode or not isinstance(self.decoder, nn.Linear):
-            return self.forward_details(x, num_samples=eps.shape[0], eps=eps.expand(-1, b, -1)).logits
-        out = self.forward_details(x, num_samples=1, eps=eps.new_zeros(1, b, self.latent_dim))  # z = mu
-        n, _, k = eps.shape
+        b, (n, _, k) = x.shape[0], eps.shape
+        if not self.stochastic or self.mean_mode:  # no noise to apply: every sample's logits are the one forward's
+            return self.forward_details(x).logits[:1].expand(n, -1, -1)
+        if not isinstance(self.decoder, nn.Linear):
+            return self.forward_details(x, num_samples=n, eps=eps.expand(-1, b, -1)).logits
+        out = self.forward_details(x, num_samples=1, eps=eps.new_zeros(1, b, k))  # z = mu
         scaled = (eps[:, 0, :, None] * self.decoder.weight.t()[None]).permute(1, 0, 2).reshape(k, -1)  # (K, n x C)
         return (out.logits[0][:, None, :] + (out.std @ scaled).view(b, n, -1)).transpose(0, 1)
 

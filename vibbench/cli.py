@@ -191,7 +191,12 @@ def _run_options(run: argparse.ArgumentParser) -> None:
 def _executor_options(run: argparse.ArgumentParser) -> None:
     from vibbench.runs.executors import DEFAULT_MAX_RETRIES, EXECUTORS, MAX_RETRIES
 
-    run.add_argument("--executor", default="local", help=f"where the jobs run: one of {', '.join(EXECUTORS)} (default: local, one after the other here)")
+    run.add_argument(
+        "--executor", default="auto",
+        help=f"where the jobs run: one of {', '.join(EXECUTORS)} (local: one after the other in this process; processes: in parallel "
+        "worker processes of this machine; default auto: processes for a run of several jobs on a CPU with several cores, else local)",
+    )
+    run.add_argument("--workers", type=_positive_int, metavar="N", help="worker processes of --executor processes or auto (default: one per CPU, at most 8), the CPUs shared out as their torch threads")
     ray = run.add_argument_group(
         "Ray executor (pip install 'vibbench[ray]')",
         "--cache-dir (and --data-dir, unless every node fetches its own copy) must be paths every node of the cluster reaches: a shared filesystem",
@@ -246,7 +251,8 @@ def cmd_run(args) -> None:
         resolve_trainer(args.trainer, cfg.device)  # a bad --trainer fails before anything runs
     executor = make_executor(
         args.executor, device=cfg.device, address=args.ray_address, cpus_per_job=args.ray_cpus_per_job,
-        gpus_per_job=args.ray_gpus_per_job, max_retries=args.ray_max_retries,
+        gpus_per_job=args.ray_gpus_per_job, max_retries=args.ray_max_retries, workers=args.workers,
+        jobs=len(cfg.models) * len(cfg.seeds),
     )
     out = run(
         cfg,

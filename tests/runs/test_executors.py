@@ -11,7 +11,7 @@ from vibbench.cli import main
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--executor", "dask"], "unknown executor 'dask'. Known: local, ray."),
+        (["--executor", "dask"], "unknown executor 'dask'. Known: auto, local, processes, ray."),
         (["--ray-address", "auto"], "--ray-address only applies with --executor ray"),
         (["--executor", "local", "--ray-max-retries", "1"], "--ray-max-retries only applies with --executor ray"),
         (["--executor", "ray", "--ray-address", " "], "--ray-address must not be empty"),

@@ -53,7 +53,7 @@ def test_a_plugin_backbone_trains_beside_a_builtin_on_the_same_batches_schedule_
     monkeypatch.setattr(loop, "ema_update", ema_update)
     monkeypatch.setattr(single, "ModelNoise", model_noise)
     out, cache = tmp_path / "out", tmp_path / "cache"
-    args = ["run", "--plugin", str(tiny_plugin), "--profile", "smoke", "--dataset", "synthetic", "--no-eval", "--epochs", "3"]
+    args = ["run", "--plugin", str(tiny_plugin), "--profile", "smoke", "--dataset", "synthetic", "--no-eval", "--epochs", "3", "--executor", "local"]  # watched in this process
     assert main([*args, "--models", "mlp_vib", "tiny_vib", "--out", str(out), "--cache-dir", str(cache)]) == 0
 
     builtin, plugin = seen["mlp_vib seed 0"], seen["tiny_vib seed 0"]

@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-ARGS = ["run", "--profile", "smoke", "--dataset", "synthetic", "--models", "mlp_dropout", "mlp_vib", "--epochs", "3"]
+ARGS = ["run", "--profile", "smoke", "--dataset", "synthetic", "--models", "mlp_dropout", "mlp_vib", "--epochs", "3", "--executor", "local"]
+"""The local executor: one job after the other in the run's own process, whose phases the kills aim at (worker processes: test_processes.py)."""
 SECTIONS = 8  # evaluation sections on disk when both models are evaluated (4 each)
 
 

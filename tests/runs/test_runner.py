@@ -26,7 +26,8 @@ def dirs(tmp_path):
 
 
 def run_cli(*args, command="run", evaluate=False):
-    return main([command, "--profile", "smoke", "--dataset", "synthetic", *([] if evaluate else ["--no-eval"]), *args])
+    """The local executor: these tests watch the jobs (logs, monkeypatched training) in this process."""
+    return main([command, "--profile", "smoke", "--dataset", "synthetic", "--executor", "local", *([] if evaluate else ["--no-eval"]), *args])
 
 
 def test_smoke_run_writes_results_and_reuses_the_cache(dirs, capsys, monkeypatch):

@@ -7,9 +7,18 @@ import sys
 from tqdm import tqdm
 
 
+_BARS = True
+
+
+def disable_bars() -> None:
+    """No live bars in this process (a worker of a parallel run, whose bars would overwrite each other's); lines stay."""
+    global _BARS
+    _BARS = False
+
+
 def is_interactive() -> bool:
-    """Whether stderr is a terminal (where a live bar can be drawn)."""
-    return sys.stderr.isatty()
+    """Whether stderr is a terminal (where a live bar can be drawn) and bars are not disabled in this process."""
+    return _BARS and sys.stderr.isatty()
 
 
 def bar(total: int, desc: str, initial: int = 0) -> tqdm:

@@ -1,5 +1,7 @@
-"""Where the jobs of a sweep run: one after the other in this process (`local`, the default) or as
-Ray tasks on a cluster (`ray`, the optional extra `pip install 'vibbench[ray]'`).
+"""Where the jobs of a sweep run: one after the other in this process (`local`), in parallel worker processes on
+this machine (`processes`), or as Ray tasks on a cluster (`ray`, the optional extra `pip install 'vibbench[ray]'`).
+`auto`, the command line's default, picks `processes` for a run of several jobs on a CPU with several cores, else
+`local` (see `make_executor`).
 
 A unit of work is `jobs.run_unit`: one training group (one model, or one population) and the
 evaluation of its members. Units share nothing but the cache folder, where every job has its own
@@ -12,21 +14,27 @@ exactly as for a local run. This module imports Ray only when the Ray executor i
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import os
+import signal
+import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
 from vibbench.core.errors import VibbenchError, check_positive_int, unknown_name_message
-from vibbench.core.progress import elapsed_and_eta, log
-from vibbench.models.plugins import registered_outside
+from vibbench.core.progress import disable_bars, elapsed_and_eta, log
+from vibbench.models.plugins import load_plugins, registered_outside
 from vibbench.models.registry import check_model
 from vibbench.runs.cache import job_dir
 from vibbench.runs.config import RunConfig
 from vibbench.runs.jobs import Job, deterministic, job_data, run_unit
 
-EXECUTORS = ("local", "ray")
+EXECUTORS = ("auto", "local", "processes", "ray")
 DEFAULT_MAX_RETRIES = 2
 MAX_RETRIES = 10  # retries are bounded: a job that fails this often has a problem a retry will not fix
 
@@ -74,6 +82,124 @@ class LocalExecutor:
 
     def describe(self) -> dict:
         return {"name": "local"}
+
+
+class ProcessExecutor:
+    """The units in `workers` worker processes of this machine (spawned, so nothing of this process's state leaks in),
+    each running torch on `threads` threads (default: the CPUs this process may use, shared out; at least 1).
+
+    On a CPU several independent units each on one core finish sooner than the same units one after the other on all
+    cores: much of a unit's work (attacks on a few hundred images, small products) does not keep several threads busy.
+    Each worker loads the data once and runs units in turn, the likely longest first (stochastic models, whose
+    evaluation attacks two paths); a unit that fails is reported and the others finish (as on Ray). A worker's
+    kernels are those of a local run with the same number of threads, so a unit gives the same numbers as a local run
+    with `threads` torch threads, to the last bit."""
+
+    def __init__(self, workers: int | None = None, threads: int | None = None):
+        check_positive_int("--workers", workers, allow_none=True)
+        cpus = available_cpus()
+        self.workers = workers or max(1, min(cpus, DEFAULT_MAX_WORKERS))
+        self.threads = threads or max(1, cpus // self.workers)
+
+    def describe(self) -> dict:
+        return {"name": "processes", "workers": self.workers, "torch_threads_per_job": self.threads}
+
+    def run_units(self, cfg: RunConfig, units: list[list[Job]], cache_dir: Path, data_dir: Path | None, trainer: str, dataset) -> dict:
+        """Run every unit in the workers; returns (result record, evaluation records) per job. A unit that raises
+        is reported as it fails; once the others finish, a VibbenchError names every failed one."""
+        if not units:
+            return {}
+        _check_plugins_recorded(cfg)
+        job_data(cfg, data_dir, dataset)  # a missing OOD set fails here, before any worker starts
+        order = sorted(range(len(units)), key=lambda k: -_expected_cost(units[k]))
+        workers = min(self.workers, len(units))
+        log(f"processes: {len(units)} job(s) on {workers} worker process(es), {self.threads} torch thread(s) each")
+        results: dict = {}
+        failed: dict[int, str] = {}
+        started = time.perf_counter()
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(self.threads, os.getpid()))
+        try:
+            futures = {pool.submit(_worker_unit, cfg, units[k], cache_dir, data_dir, trainer): k for k in order}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    key = futures[future]
+                    try:
+                        results |= dict(zip(units[key], future.result()))
+                    except BrokenProcessPool:
+                        failed[key] = "its worker process died (killed, or out of memory)"
+                    except Exception as exc:  # noqa: BLE001 -- reported with the others once every unit has finished
+                        failed[key] = f"{type(exc).__name__}: {exc}"
+                    if key in failed:
+                        log(f"processes: {_labels(units[key])} failed: {failed[key]}")
+                finished = len(futures) - len(pending)
+                log(f"processes: {finished - len(failed)}/{len(units)} jobs done, {len(failed)} failed ({elapsed_and_eta(time.perf_counter() - started, finished, len(units))})")
+        except BaseException:  # Ctrl-C or an error here: no unit is started any more, the running ones stop now
+            for process in list((pool._processes or {}).values()):  # no public way before Python 3.14's terminate_workers
+                process.terminate()  # its unit resumes from its last checkpoint in the cache on the next run
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        if failed:
+            lines = "; ".join(f"{_labels(units[key])}: {text}" for key, text in sorted(failed.items()))
+            raise VibbenchError(
+                f"{len(failed)} of {len(units)} job(s) failed: {lines}. The finished jobs are kept in {cache_dir}; "
+                "rerun the same command to resume (only the failed jobs run again)"
+            )
+        return results
+
+
+DEFAULT_MAX_WORKERS = 8
+"""Workers of `processes` when --workers is not given: one per CPU, at most this many (each holds the data)."""
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity; a container's or a scheduler's limit), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _expected_cost(members: list[Job]) -> int:
+    """A unit's relative length, to start the longest first: a stochastic model's evaluation attacks two paths."""
+    return sum(2 if check_model(spec.name)[1].stochastic else 1 for spec, _ in members)
+
+
+def _worker_init(threads: int, parent: int) -> None:
+    """A worker of `ProcessExecutor`: it dies with the run's process (`parent`), runs torch on `threads` threads with
+    deterministic kernels as a local run does, and draws no live bars."""
+    _die_with(parent)
+    torch.set_num_threads(threads)
+    deterministic()
+    disable_bars()
+
+
+def _die_with(parent: int) -> None:
+    """SIGKILL this process when `parent` ends, even by SIGKILL (Linux's parent-death signal): a killed run leaves no
+    worker computing on, holding its job's lock. Elsewhere a worker finds out when it next talks to the run."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it ended before the signal was set
+        os._exit(1)
+
+
+_WORKER_DATA: dict = {}
+"""A worker's data, loaded by its first unit of a run (keyed by the run's config hash and data folder)."""
+
+
+def _worker_unit(cfg: RunConfig, members: list[Job], cache_dir: Path, data_dir: Path | None, trainer: str):
+    load_plugins(cfg.plugins)  # before the config's models are used (its hash resolves them), as run_unit does
+    key = (cfg.config_hash, data_dir)
+    if key not in _WORKER_DATA:
+        _WORKER_DATA.clear()
+        _WORKER_DATA[key] = job_data(cfg, data_dir)
+    return run_unit(cfg, members, cache_dir, data_dir, trainer, _WORKER_DATA[key])
 
 
 class RayExecutor:
@@ -310,15 +436,30 @@ def import_ray():
 
 def make_executor(
     name: str = "local", *, device: str = "cpu", address: str | None = None, cpus_per_job: int | None = None,
-    gpus_per_job: float | None = None, max_retries: int | None = None,
+    gpus_per_job: float | None = None, max_retries: int | None = None, workers: int | None = None, jobs: int = 1,
 ) -> Executor:
-    """The executor named on the command line; Ray options (None: not given) only go with `ray`."""
+    """The executor named on the command line; Ray options (None: not given) only go with `ray`, --workers only with
+    `processes` or `auto`. `jobs`: the run's (model, seed) jobs, cached or not, for `auto`, which picks `processes` on a
+    CPU with several cores (or --workers above 1) for a run of several jobs, else `local`: on CUDA one process keeps
+    the GPU busy, and one job gains nothing from a worker. The choice depends on the command, not on what the cache
+    holds, so an interrupted run resumes with the torch threads it started with (and gives the same numbers)."""
     if name not in EXECUTORS:
         raise VibbenchError(unknown_name_message("executor", name, EXECUTORS))
-    if name == "local":
+    if name != "ray":
         options = {"--ray-address": address, "--ray-cpus-per-job": cpus_per_job, "--ray-gpus-per-job": gpus_per_job, "--ray-max-retries": max_retries}
         given = [option for option, value in options.items() if value is not None]
         if given:
             raise VibbenchError(f"{given[0]} only applies with --executor ray")
+    if workers is not None and name not in ("auto", "processes"):
+        raise VibbenchError("--workers only applies with --executor processes or auto")
+    if name == "local":
         return LocalExecutor()
+    if name == "processes":
+        if device != "cpu":
+            raise VibbenchError("--executor processes runs on the CPU: use --executor local with --device cuda")
+        return ProcessExecutor(workers)
+    if name == "auto":
+        check_positive_int("--workers", workers, allow_none=True)
+        several = device == "cpu" and jobs > 1 and (workers or available_cpus()) > 1
+        return ProcessExecutor(workers) if several else LocalExecutor()
     return RayExecutor(device, address, cpus_per_job, gpus_per_job, max_retries)

@@ -27,7 +27,7 @@ from vibbench.reporting.report import write_report
 from vibbench.runs.cache import cached_evaluation, cached_result, check_writable
 from vibbench.runs.config import RunConfig
 from vibbench.runs.config_file import options_of
-from vibbench.runs.executors import Executor, LocalExecutor
+from vibbench.runs.executors import Executor, LocalExecutor, RayExecutor
 from vibbench.runs.output_folder import check_output_folder, finish_output_folder
 from vibbench.runs.jobs import (
     Job,
@@ -74,7 +74,7 @@ def run(
     earlier = check_output_folder(out_dir, identity, overwrite)  # before anything is created
     check_writable(out_dir, "output folder")
     check_writable(cache_dir, "cache folder")
-    if train and (executor is None or isinstance(executor, LocalExecutor)):  # the jobs train on this machine
+    if train and not isinstance(executor, RayExecutor):  # the jobs train on this machine
         check_native_precision(cfg.device, cfg.train.precision)
     with folder_lock(out_dir, "output folder", wait=False, tidy=True):
         # what killed runs left half-written: their temporary files (targets are replaced atomically)

@@ -24,17 +24,18 @@ def test_compare_training_returns_positive_ratios_for_every_comparison():
     )  # fmt: skip
     result = compare_training(cfg)
     s = result.summary.set_index("comparison")
-    assert set(s.index) == {"pipeline", "population", "products", "products_update"}
+    assert set(s.index) == {"pipeline", "population", "processes", "products", "products_update"}
     assert (s.ratio > 0).all() and s.ratio.map(math.isfinite).all()
-    assert s.loc["population", "models"] == 3 and s.loc["pipeline", "models"] == 1
-    assert (result.runs.steps == 2).all() and len(result.runs) == 8
+    assert s.loc["population", "models"] == 3 and s.loc["pipeline", "models"] == 1 and s.loc["processes", "models"] == 3
+    assert (result.runs.steps == 2).all() and len(result.runs) == 10
+    assert s.loc["processes", "baseline"] == "train_model one by one" and s.loc["processes", "candidate"].startswith("train_model in ")
     assert s.loc["products", "baseline"] == "the step's matrix products alone"
     assert result.info["step_flops_per_example"] > 0
     assert s.loc["population", "candidate"] == "train_population (2 groups)"
 
 
 def test_compare_in_bf16_runs_our_trainers_in_bf16_and_the_conventional_loop_in_fp32():
-    result = compare_training(CompareConfig(steps=2, dataset="synthetic", batch_size=20, repeats=1, warmup=False, precision="bf16", models=("mlp_vib", "mlp_vib:beta=1e-2")))
+    result = compare_training(CompareConfig(steps=2, dataset="synthetic", batch_size=20, repeats=1, warmup=False, precision="bf16", models=("mlp_vib", "mlp_vib:beta=1e-2"), processes=False))
     s = result.summary.set_index("comparison")
     assert s.loc["pipeline", "baseline_precision"] == "fp32" and s.loc["pipeline", "candidate_precision"] == "bf16"
     assert (s.loc["population", ["baseline_precision", "candidate_precision"]] == "bf16").all()
@@ -46,4 +47,4 @@ def test_compare_rejects_what_it_cannot_compare():
     with pytest.raises(VibbenchError, match="repeats"):
         compare_training(CompareConfig(steps=1, dataset="synthetic", batch_size=20, repeats=0))
     with pytest.raises(VibbenchError, match="nothing to compare"):
-        compare_training(CompareConfig(steps=1, dataset="synthetic", batch_size=20, pipeline=False, population=False, limits=False))
+        compare_training(CompareConfig(steps=1, dataset="synthetic", batch_size=20, pipeline=False, population=False, limits=False, processes=False))

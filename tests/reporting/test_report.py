@@ -284,6 +284,23 @@ def test_provenance_header(full_run):
         assert needle in head, needle
 
 
+@pytest.mark.parametrize(
+    "executor, says",
+    [
+        ({"name": "processes", "workers": 2, "torch_threads_per_job": 1}, "- **jobs ran**: in 2 worker processes at once, 1 torch thread(s) each"),
+        ({"name": "local"}, "- **jobs ran**: one after the other in one process (`--executor local`)\n"),
+        (None, None),
+    ],
+)
+def test_the_header_says_how_the_jobs_ran(executor, says, tmp_path):
+    """With worker processes the per-job times add up to more than the wall time: the header says why."""
+    rows = [r for r in synthetic_rows() if "corruption" not in r and "ood" not in r]
+    prov = PROVENANCE | ({"executor": executor} if executor else {})
+    text, _ = build_report(write_metrics(rows, tmp_path / "metrics.csv"), CONFIG, prov, draw=False)
+    head = text[: text.index("## 1.")]
+    assert (says in head) if says else ("jobs ran" not in head)
+
+
 def test_in_memory_frame_gives_the_same_report_as_the_csv(tmp_path):
     rows = [r for r in synthetic_rows() if "corruption" not in r and "ood" not in r]
     df = write_metrics(rows, tmp_path / "metrics.csv")  # Int64 columns and None, as the runner holds them

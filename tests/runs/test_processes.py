@@ -2,11 +2,8 @@
 metrics.csv as the local executor on as many torch threads, byte for byte, also after a worker is killed mid-way
 and the run resumed; a failing job is reported and the others kept."""
 
-import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -110,40 +107,9 @@ def test_workers_on_the_command_line_is_refused_with_the_local_executor(tmp_path
     assert not out.exists()
 
 
-def lock_holder(lock: Path) -> int | None:
-    """The pid holding an flock on `lock`, from /proc/locks (the job folder's lock is held by the worker running it)."""
-    st = lock.stat()
-    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.split()
-        if "->" not in fields and fields[1] == "FLOCK" and fields[5] == ident:
-            return int(fields[4])
-    return None
-
-
-@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="finds the worker through /proc/locks (Linux)")
-def test_a_worker_killed_mid_job_fails_the_run_in_one_line_and_a_rerun_resumes_to_the_same_metrics(tmp_path, local_metrics, capfd):
-    killed: list[int] = []
-    done = threading.Event()
-
-    def kill_a_worker_mid_evaluation():
-        # a job whose model is trained and whose first evaluation section is written, still running
-        while not done.is_set() and not killed:
-            for section in (tmp_path / "cache" / "jobs").glob("*/eval-calibration-*.json"):
-                pid = lock_holder(section.parent / ".lock")
-                if pid is not None and pid != os.getpid():
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                    break
-            time.sleep(0.02)
-
-    killer = threading.Thread(target=kill_a_worker_mid_evaluation)
-    killer.start()
-    try:
+def test_a_worker_killed_mid_job_fails_the_run_in_one_line_and_a_rerun_resumes_to_the_same_metrics(tmp_path, local_metrics, capfd, mid_job):
+    with mid_job.killing(tmp_path / "cache") as killed:
         code, out = in_processes(tmp_path)
-    finally:
-        done.set()
-        killer.join()
     err = capfd.readouterr().err
     assert killed, "no worker was found mid-job"
     assert code == 2
@@ -221,8 +187,7 @@ def running(pid: int) -> bool:
         return False
 
 
-@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="finds the worker through /proc/locks (Linux)")
-def test_a_killed_run_leaves_no_worker_behind_and_a_rerun_resumes_to_the_same_metrics(tmp_path, local_metrics):
+def test_a_killed_run_leaves_no_worker_behind_and_a_rerun_resumes_to_the_same_metrics(tmp_path, local_metrics, mid_job):
     """SIGKILL to the run's own process (no chance to stop its workers): the workers die with it instead of computing
     on while holding their jobs' locks, and the same command resumes to the same bytes."""
     out, cache = tmp_path / "out", tmp_path / "cache"
@@ -231,11 +196,7 @@ def test_a_killed_run_leaves_no_worker_behind_and_a_rerun_resumes_to_the_same_me
     worker = None
     deadline = time.monotonic() + 300
     while worker is None and run.poll() is None and time.monotonic() < deadline:
-        for section in cache.glob("jobs/*/eval-calibration-*.json"):
-            pid = lock_holder(section.parent / ".lock")
-            if pid is not None and pid != run.pid:
-                worker = pid
-                break
+        worker = mid_job.find(cache, {run.pid})
         time.sleep(0.02)
     assert worker is not None, "no worker was found mid-job"
     run.kill()

@@ -2,10 +2,6 @@
 byte for byte, also when a worker is killed mid-way; a failing job is reported and the others kept.
 Skipped when Ray is not installed (`pip install 'vibbench[ray]'`)."""
 
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -71,40 +67,9 @@ def test_smoke_sweep_on_ray_gives_the_local_metrics(tmp_path, local_metrics, ray
     assert (out / "metrics.csv").read_bytes() == local_metrics
 
 
-def lock_holder(lock: Path) -> int | None:
-    """The pid holding an flock on `lock`, from /proc/locks (the job folder's lock is held by the worker running it)."""
-    st = lock.stat()
-    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.split()
-        if "->" not in fields and fields[1] == "FLOCK" and fields[5] == ident:
-            return int(fields[4])
-    return None
-
-
-@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="finds the worker through /proc/locks (Linux)")
-def test_a_worker_killed_mid_job_is_retried_and_the_metrics_still_match(tmp_path, local_metrics, ray_instance, capsys):
-    killed: list[int] = []
-    done = threading.Event()
-
-    def kill_a_worker_mid_evaluation():
-        # a job whose model is trained and whose first evaluation section is written, still running
-        while not done.is_set() and not killed:
-            for section in (tmp_path / "cache" / "jobs").glob("*/eval-calibration-*.json"):
-                pid = lock_holder(section.parent / ".lock")
-                if pid is not None and pid != os.getpid():
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                    break
-            time.sleep(0.02)
-
-    killer = threading.Thread(target=kill_a_worker_mid_evaluation)
-    killer.start()
-    try:
+def test_a_worker_killed_mid_job_is_retried_and_the_metrics_still_match(tmp_path, local_metrics, ray_instance, capsys, mid_job):
+    with mid_job.killing(tmp_path / "cache") as killed:
         code, out = on_ray(tmp_path)
-    finally:
-        done.set()
-        killer.join()
     err = capsys.readouterr().err
     assert code == 0, err
     assert killed, "no worker was found mid-job"

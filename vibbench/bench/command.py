@@ -133,7 +133,7 @@ def bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peak-bandwidth", type=float, metavar="GB/S", help="the device's peak memory bandwidth, for the roofline where the table lacks it")
     p.add_argument("--peak-tflops", type=float, metavar="TFLOP/S", help="the device's peak FLOP/s (with --peak-bandwidth)")
     p.add_argument("--no-throughput", action="store_true", help="skip the throughput grid (with --compare: comparisons only)")
-    p.add_argument("--compare", action="store_true", help="also compare our trainers with a conventional loop, populations with one-by-one training, and our trainer with the limits of its step (its matrix products alone, and with the weight update)")
+    p.add_argument("--compare", action="store_true", help="also compare our trainers with a conventional loop, populations and (on the CPU) worker processes each on its share of the cores with one-by-one training, and our trainer with the limits of its step (its matrix products alone, and with the weight update)")
     p.add_argument("--compare-steps", type=int, default=200, metavar="N", help="training steps per comparison run (default 200)")
     p.add_argument("--compare-repeats", type=int, default=2, metavar="R", help="interleaved repeats of each comparison (default 2)")
     p.add_argument(

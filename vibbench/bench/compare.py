@@ -6,6 +6,9 @@ same number of steps:
 - "population": the quick registry (`PROFILES["quick"]`: the five `mlp_*` methods and VIB at four
   more betas, 9 models) trained as populations (grouped by `population.population_key`, one
   `train_population` call per group) against the same 9 models trained one by one with `train_model`;
+- "processes" (on the CPU): the same models trained one by one in this process against the same models trained in
+  worker processes, each on its share of the cores, as `vibbench run --executor processes` (the default on a CPU with
+  several cores) trains a sweep; the worker pool is started and warmed before any timing;
 - "products" and "products_update": our `train_model` against the limits of its step on this machine
   (vibbench.bench.limits): the step's matrix products alone, and those plus the trainer's Adam step and EMA,
   replayed at the pipeline model's shapes; the ratio is the share of that limit our trainer reaches.
@@ -62,6 +65,7 @@ class CompareConfig:
     pipeline: bool = True
     population: bool = True
     limits: bool = True
+    processes: bool = True  # on the CPU only
     pipeline_model: str = PIPELINE_MODEL
     models: tuple[str, ...] | None = None
     seed: int = 0
@@ -73,8 +77,8 @@ class CompareConfig:
         check_precision(self.baseline_precision)
         check_positive_int("repeats", self.repeats)
         check_positive_int("steps", self.steps)
-        if not (self.pipeline or self.population or self.limits):
-            raise VibbenchError("nothing to compare: enable pipeline, population or limits")
+        if not (self.pipeline or self.population or self.limits or self.processes):
+            raise VibbenchError("nothing to compare: enable pipeline, population, processes or limits")
         from vibbench.data.datasets import DATASETS
         from vibbench.runs.config import parse_model_specs
 
@@ -122,6 +126,7 @@ class _Arena:
     images_u8: torch.Tensor
     labels_cpu: torch.Tensor
     specs: list
+    pool: object = None  # the worker processes of the "processes" comparison, started on first use
 
     def setting(self, repeat: int) -> tuple[TrainConfig, slice]:
         """The config and the images of one round: repeat -1 is the untimed warm-up on two batches,
@@ -249,6 +254,55 @@ def _one_by_one(a: _Arena, repeat: int) -> _Run:
     return _Run("train_model one by one", "baseline", len(built), seconds, a.cfg.precision)
 
 
+def _one_per_core(a: _Arena, repeat: int) -> _Run:
+    c, part = a.setting(repeat)
+    pool, workers, threads = a.pool
+
+    def train():  # from submission to the last model trained; the models are built in the workers, on this side's time
+        for future in [pool.submit(_train_in_worker, spec, c, part, a.cfg.seed) for spec in a.specs]:
+            future.result()
+
+    seconds = a.timed(train)
+    return _Run(f"train_model in {workers} worker processes x {threads} thread(s)", "candidate", len(a.specs), seconds, a.cfg.precision)
+
+
+def _start_pool(a: _Arena):
+    """Worker processes as `--executor processes` starts them, each holding the images, all started and idle."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from vibbench.runs.executors import ProcessExecutor
+
+    shape = ProcessExecutor()
+    pool = ProcessPoolExecutor(
+        shape.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+        initargs=(shape.threads, os.getpid(), a.images, a.labels),
+    )  # fmt: skip
+    for future in [pool.submit(time.sleep, 0.5) for _ in range(shape.workers)]:  # one each: every worker spawned
+        future.result()
+    return pool, shape.workers, shape.threads
+
+
+_WORKER_DATA: list = []
+
+
+def _init_worker(threads: int, parent: int, images: torch.Tensor, labels: torch.Tensor) -> None:
+    from vibbench.runs.executors import init_worker
+
+    init_worker(threads, parent)
+    _WORKER_DATA[:] = [images, labels]
+
+
+def _train_in_worker(spec, c: TrainConfig, part: slice, seed: int) -> None:
+    from vibbench.training.single import train_model
+
+    images, labels = _WORKER_DATA
+    torch.manual_seed(seed)  # as _Arena.build
+    model = spec.build()
+    train_model(model, images[part], labels[part], c, seed=seed, label=spec.label, noise_key=spec.label)
+
+
 # ---------------------------------------------------------------------------------------------
 # the comparison
 
@@ -292,17 +346,24 @@ def compare_training(cfg: CompareConfig, progress: Callable[[str], None] | None 
     name = device_name(arena.device.type)
     pairs = [("pipeline", _ours_pipeline, _conventional_pipeline)] if cfg.pipeline else []
     pairs += [("population", _populations, _one_by_one)] if cfg.population else []
+    if cfg.processes and arena.device.type == "cpu":
+        pairs.append(("processes", _one_per_core, _one_by_one))
+        arena.pool = _start_pool(arena)
     pairs += [("products", _ours_pipeline, _products_alone), ("products_update", _ours_pipeline, _products_and_update)] if cfg.limits else []
     rows: list[dict] = []
-    for repeat in range(-1 if cfg.warmup else 0, cfg.repeats):
-        for comparison, a, b in pairs:
-            for contestant in (a, b) if repeat % 2 == 0 else (b, a):  # ABBA: drift hits both sides alike
-                if progress:
-                    when = "warm-up" if repeat < 0 else f"repeat {repeat + 1}/{cfg.repeats}"
-                    progress(f"compare {comparison}, {when}: {contestant.__name__.lstrip('_')}")
-                run = contestant(arena, repeat)
-                if repeat >= 0:
-                    rows.append(_record(arena, comparison, repeat, run, name))
+    try:
+        for repeat in range(-1 if cfg.warmup else 0, cfg.repeats):
+            for comparison, a, b in pairs:
+                for contestant in (a, b) if repeat % 2 == 0 else (b, a):  # ABBA: drift hits both sides alike
+                    if progress:
+                        when = "warm-up" if repeat < 0 else f"repeat {repeat + 1}/{cfg.repeats}"
+                        progress(f"compare {comparison}, {when}: {contestant.__name__.lstrip('_')}")
+                    run = contestant(arena, repeat)
+                    if repeat >= 0:
+                        rows.append(_record(arena, comparison, repeat, run, name))
+    finally:
+        if arena.pool is not None:
+            arena.pool[0].shutdown(wait=True, cancel_futures=True)
     runs = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
     summary = pd.DataFrame([_summarize(runs[runs.comparison == c]) for c in runs.comparison.unique()], columns=list(SUMMARY_COLUMNS))
     info = {

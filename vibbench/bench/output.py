@@ -178,6 +178,14 @@ def compare_markdown(result: CompareResult, prov: dict | None = None) -> str:
             ours = d.candidate_examples_per_second.median() * flops / 1e9
             parts = [f"{c} {rate[c]:,.0f}" for c in ("products", "products_update") if c in rate]
             lines.append(f"- {precision}: {', '.join(parts)}; vibbench.train_model {ours:,.0f}")
+            sweep = result.summary[(result.summary.comparison == "processes") & (result.summary.candidate_precision == precision)]
+            if len(sweep) and "products" in rate:  # the products ran in this process on every core: the machine's rate
+                r = sweep.iloc[0]
+                swept = r.candidate_examples_per_second * flops / 1e9
+                lines.append(
+                    f"  - a sweep's models, {r.candidate} (`--executor processes`): {swept:,.0f} together, "
+                    f"{swept / rate['products']:.0%} of `products` on every core of this machine"
+                )
     return "\n".join(lines) + "\n"
 
 

@@ -178,6 +178,16 @@ def _machine_items(prov: dict) -> list[tuple[str, str]]:
     wall = _get(prov, "wall_seconds")
     if isinstance(wall, (int, float)):
         items.append(("wall time", f"{wall:.0f} s ({wall / 60:.1f} min)"))
+    executor = _get(prov, "executor", "name")
+    if executor == "processes":
+        workers, threads = _get(prov, "executor", "workers"), _get(prov, "executor", "torch_threads_per_job")
+        items.append((
+            "jobs ran",
+            f"in {workers} worker processes at once, {threads} torch thread(s) each (`--executor processes`): the per-job "
+            "times of the time section add up to more than the wall time",
+        ))  # fmt: skip
+    elif executor:
+        items.append(("jobs ran", {"local": "one after the other in one process (`--executor local`)", "ray": "as Ray tasks (`--executor ray`)"}.get(executor, f"`{executor}`")))
     return items
 
 

@@ -64,6 +64,16 @@ def _labels(members: list[Job]) -> str:
     return ", ".join(f"{spec.label} seed {seed}" for spec, seed in members)
 
 
+def _raise_failed(failed: dict[int, str], units: list[list[Job]], cache_dir: Path, where: str = "") -> None:
+    """Once every unit has finished: a VibbenchError naming each failed unit (`failed`: unit index -> its error)."""
+    if failed:
+        lines = "; ".join(f"{_labels(units[key])}: {text}" for key, text in sorted(failed.items()))
+        raise VibbenchError(
+            f"{len(failed)} of {len(units)} job(s) failed{where}: {lines}. The finished jobs are kept in {cache_dir}; "
+            "rerun the same command to resume (only the failed jobs run again)"
+        )
+
+
 class LocalExecutor:
     """The units one after the other in this process, on data loaded once (needs no Ray)."""
 
@@ -117,7 +127,7 @@ class ProcessExecutor:
         results: dict = {}
         failed: dict[int, str] = {}
         started = time.perf_counter()
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(self.threads, os.getpid()))
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker, initargs=(self.threads, os.getpid()))
         try:
             futures = {pool.submit(_worker_unit, cfg, units[k], cache_dir, data_dir, trainer): k for k in order}
             pending = set(futures)
@@ -141,12 +151,7 @@ class ProcessExecutor:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
-        if failed:
-            lines = "; ".join(f"{_labels(units[key])}: {text}" for key, text in sorted(failed.items()))
-            raise VibbenchError(
-                f"{len(failed)} of {len(units)} job(s) failed: {lines}. The finished jobs are kept in {cache_dir}; "
-                "rerun the same command to resume (only the failed jobs run again)"
-            )
+        _raise_failed(failed, units, cache_dir)
         return results
 
 
@@ -167,9 +172,10 @@ def _expected_cost(members: list[Job]) -> int:
     return sum(2 if check_model(spec.name)[1].stochastic else 1 for spec, _ in members)
 
 
-def _worker_init(threads: int, parent: int) -> None:
-    """A worker of `ProcessExecutor`: it dies with the run's process (`parent`), runs torch on `threads` threads with
-    deterministic kernels as a local run does, and draws no live bars."""
+def init_worker(threads: int, parent: int) -> None:
+    """A worker process of `ProcessExecutor` (and of the bench's sweep comparison): it dies with the process that
+    started it (`parent`), runs torch on `threads` threads with deterministic kernels as a local run does, and draws
+    no live bars."""
     _die_with(parent)
     torch.set_num_threads(threads)
     deterministic()
@@ -325,12 +331,7 @@ class RayExecutor:
                 spent = elapsed_and_eta(time.perf_counter() - started, state[0] + state[2], len(units))
                 log(f"ray: {state[0]}/{len(units)} jobs done, {state[1]} running, {state[2]} failed ({spent})")
                 shown = state
-        if failed:
-            lines = "; ".join(f"{_labels(units[key])}: {text}" for key, text in sorted(failed.items()))
-            raise VibbenchError(
-                f"{len(failed)} of {len(units)} job(s) failed on Ray: {lines}. The finished jobs are kept in {cache_dir}; "
-                "rerun the same command to resume (only the failed jobs run again)"
-            )
+        _raise_failed(failed, units, cache_dir, " on Ray")
         return results
 
 

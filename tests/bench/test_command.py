@@ -76,12 +76,14 @@ def test_bench_compare_writes_one_row_per_comparison_and_precision(tmp_path):
     summary = pd.read_csv(tmp_path / "compare_summary.csv")
     assert sorted(zip(summary.comparison, summary.candidate_precision)) == [
         ("pipeline", "bf16"), ("pipeline", "fp32"), ("population", "bf16"), ("population", "fp32"),
+        ("processes", "bf16"), ("processes", "fp32"),
         ("products", "bf16"), ("products", "fp32"), ("products_update", "bf16"), ("products_update", "fp32"),
     ]  # fmt: skip
     assert (summary[summary.comparison == "pipeline"].baseline_precision == "fp32").all()
     md = (tmp_path / "compare.md").read_text()
     assert "vibbench.train_model (bf16)" in md
     assert "MFLOP of matrix products per example" in md and "- fp32: products " in md and "- bf16: products " in md
+    assert md.count("  - a sweep's models, train_model in ") == 2 and "of `products` on every core of this machine" in md
     prov = json.loads((tmp_path / "provenance.json").read_text())
     assert [c["precision"] for c in prov["config"]["compare"]] == ["fp32", "bf16"]
     assert prov["files"] == ["compare.csv", "compare_summary.csv", "compare.md"]

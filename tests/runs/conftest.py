@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+
+from vibbench.cli import main
 
 
 class MidJob:
@@ -61,3 +64,19 @@ def mid_job() -> MidJob:
     if not Path("/proc/locks").exists():
         pytest.skip("finds the worker through /proc/locks (Linux)")
     return MidJob()
+
+
+@pytest.fixture(scope="session")
+def local_metrics(tmp_path_factory) -> bytes:
+    """metrics.csv of the smoke sweep (synthetic data) run by the local executor on one torch thread: the reference
+    every other executor must reproduce byte for byte with one thread per job (CPU kernels' sums depend on the thread
+    count in their last bits, see README)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("local")
+    try:
+        code = main(["run", "--profile", "smoke", "--dataset", "synthetic", "--out", str(base / "out"), "--cache-dir", str(base / "cache"), "--executor", "local"])
+    finally:
+        torch.set_num_threads(before)
+    assert code == 0
+    return (base / "out" / "metrics.csv").read_bytes()

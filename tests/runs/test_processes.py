@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from vibbench.cli import main
 from vibbench.core.errors import VibbenchError
@@ -29,20 +28,6 @@ def sweep(base: Path, *extra) -> tuple[int, Path]:
 
 def in_processes(base: Path, *extra) -> tuple[int, Path]:
     return sweep(base, "--executor", "processes", "--workers", str(WORKERS), *extra)
-
-
-@pytest.fixture(scope="module")
-def local_metrics(tmp_path_factory):
-    """The local executor on one torch thread, the threads each worker gets: CPU kernels' sums depend on the thread
-    count in their last bits (see README)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        code, out = sweep(tmp_path_factory.mktemp("local"), "--executor", "local")
-    finally:
-        torch.set_num_threads(before)
-    assert code == 0
-    return (out / "metrics.csv").read_bytes()
 
 
 def smoke_units() -> int:

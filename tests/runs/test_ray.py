@@ -5,7 +5,6 @@ Skipped when Ray is not installed (`pip install 'vibbench[ray]'`)."""
 from pathlib import Path
 
 import pytest
-import torch
 
 ray = pytest.importorskip("ray")
 
@@ -16,8 +15,8 @@ from vibbench.runs.jobs import resolve_trainer, training_groups  # noqa: E402
 
 SMOKE = ["run", "--profile", "smoke", "--dataset", "synthetic"]
 THREADS = 1
-"""torch threads of a job: each Ray task declares (and uses) this many CPUs, and the local reference runs
-with as many, since CPU kernels' sums depend on the thread count in their last bits (see README)."""
+"""torch threads of a job: each Ray task declares (and uses) this many CPUs, as many as the local reference
+(`local_metrics` in conftest.py) runs on, since CPU kernels' sums depend on the thread count in their last bits."""
 
 
 def sweep(base: Path, *extra) -> tuple[int, Path]:
@@ -27,18 +26,6 @@ def sweep(base: Path, *extra) -> tuple[int, Path]:
 
 def on_ray(base: Path, *extra) -> tuple[int, Path]:
     return sweep(base, "--executor", "ray", "--ray-cpus-per-job", str(THREADS), *extra)
-
-
-@pytest.fixture(scope="module")
-def local_metrics(tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    try:
-        code, out = sweep(tmp_path_factory.mktemp("local"))
-    finally:
-        torch.set_num_threads(before)
-    assert code == 0
-    return (out / "metrics.csv").read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -96,7 +96,7 @@ class LocalExecutor:
 
 class ProcessExecutor:
     """The units in `workers` worker processes of this machine (spawned, so nothing of this process's state leaks in),
-    each running torch on `threads` threads (default: the CPUs this process may use, shared out; at least 1).
+    each running torch on the CPUs this process may use, shared out among them (at least 1 thread each).
 
     On a CPU several independent units each on one core finish sooner than the same units one after the other on all
     cores: much of a unit's work (attacks on a few hundred images, small products) does not keep several threads busy.
@@ -105,11 +105,11 @@ class ProcessExecutor:
     kernels are those of a local run with the same number of threads, so a unit gives the same numbers as a local run
     with `threads` torch threads, to the last bit."""
 
-    def __init__(self, workers: int | None = None, threads: int | None = None):
+    def __init__(self, workers: int | None = None):
         check_positive_int("--workers", workers, allow_none=True)
         cpus = available_cpus()
         self.workers = workers or max(1, min(cpus, DEFAULT_MAX_WORKERS))
-        self.threads = threads or max(1, cpus // self.workers)
+        self.threads = max(1, cpus // self.workers)
 
     def describe(self) -> dict:
         return {"name": "processes", "workers": self.workers, "torch_threads_per_job": self.threads}

@@ -11,7 +11,7 @@ import torch
 
 from vibbench.bench.cases import IMPLEMENTATIONS, Case
 from vibbench.bench.throughput import BATCH_SIZES, HEAD_BATCH_SIZES, SAMPLE_COUNTS
-from vibbench.training.precision import PRECISIONS
+from vibbench.core.precision import PRECISIONS
 
 DEFAULT_BATCHES = (100, 1000)
 DEFAULT_HEAD_BATCHES = (100, 10000)

@@ -93,7 +93,7 @@ def test_bench_compare_writes_one_row_per_comparison_and_precision(tmp_path):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_the_default_comparison_measures_bf16_only_where_it_is_native(native, monkeypatch, capsys):
-    import vibbench.training.precision as precision
+    import vibbench.core.precision as precision
     from vibbench.bench.command import compare_configs_from_args
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)  # simulated: the CPU has it or lacks it

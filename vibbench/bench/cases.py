@@ -43,7 +43,7 @@ import torch
 from vibbench.bench.roofline import head_bytes, head_flops, model_flops
 from vibbench.bench.timing import synchronized, warm_up
 from vibbench.core.errors import VibbenchError, check_positive_int, unknown_name_message
-from vibbench.training.precision import autocast, check_precision
+from vibbench.core.precision import autocast, check_precision
 
 BENCHMARKS = ("forward", "loss", "train_step", "eval")
 HEAD_BENCHMARK = "vib_head"

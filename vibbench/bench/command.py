@@ -117,7 +117,7 @@ def bench_options(p: argparse.ArgumentParser) -> None:
     """The options of `vibbench bench`."""
     from vibbench.bench.cases import BENCHMARKS, IMPLEMENTATIONS
     from vibbench.bench.throughput import BATCH_SIZES, HEAD_BATCH_SIZES
-    from vibbench.training.precision import PRECISIONS
+    from vibbench.core.precision import PRECISIONS
 
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--out", type=Path, help="output folder (default: results/bench-<device>)")
@@ -195,7 +195,7 @@ def default_compare_precisions(device: str) -> tuple[str, ...]:
     AMX) a bf16 comparison would run many times slower than fp32 and show only that; the throughput grid still
     measures bf16 there, which is where the trap shows, and `--compare-precisions fp32,bf16` asks for it anyway."""
     from vibbench.core.progress import log
-    from vibbench.training.precision import bf16_support
+    from vibbench.core.precision import bf16_support
 
     native, reason = bf16_support(device)
     if native:

@@ -32,7 +32,7 @@ import torch
 from vibbench.bench.conventional import to_uint8, train_conventional
 from vibbench.core.errors import VibbenchError, check_positive_int, unknown_name_message
 from vibbench.training.config import TrainConfig
-from vibbench.training.precision import check_precision
+from vibbench.core.precision import check_precision
 
 PIPELINE_MODEL = "mlp_vib"
 

@@ -34,7 +34,7 @@ from vibbench.models.classifier import Classifier
 from vibbench.training.config import TrainConfig
 from vibbench.training.loop import ema_decay_at
 from vibbench.training.losses import training_loss
-from vibbench.training.precision import autocast as precision_autocast
+from vibbench.core.precision import autocast as precision_autocast
 
 
 class TorchvisionStyleMNIST(torch.utils.data.Dataset):

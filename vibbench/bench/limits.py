@@ -20,7 +20,7 @@ from torch import nn
 
 from vibbench.training.config import TrainConfig
 from vibbench.training.loop import ema_update, make_optimizer
-from vibbench.training.precision import autocast
+from vibbench.core.precision import autocast
 
 
 @dataclass(frozen=True)

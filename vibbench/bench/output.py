@@ -11,7 +11,7 @@ from vibbench.bench.cases import BENCHMARKS, HEAD_BENCHMARK, IMPLEMENTATIONS, MO
 from vibbench.bench.compare import CompareResult
 from vibbench.bench.throughput import BenchConfig
 from vibbench.reporting.markdown import markdown_table
-from vibbench.training.precision import PRECISIONS
+from vibbench.core.precision import PRECISIONS
 
 
 def _fmt_time(seconds: float) -> str:

@@ -15,7 +15,7 @@ from vibbench.bench.cases import (
 from vibbench.bench.roofline import Peak, device_peak, roofline_seconds
 from vibbench.bench.timing import interleaved_medians
 from vibbench.core.errors import VibbenchError
-from vibbench.training.precision import PRECISIONS
+from vibbench.core.precision import PRECISIONS
 
 BATCH_SIZES = (100, 1000, 10000)
 SAMPLE_COUNTS = (1, 12)

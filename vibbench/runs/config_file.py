@@ -31,7 +31,7 @@ from pathlib import Path
 from vibbench.core.errors import VibbenchError, check_positive_int, describe_os_error, unknown_name_message
 from vibbench.runs.config import DEVICES, MAX_SEEDS, PROFILES, RunConfig, make_run_config, parse_model_specs
 from vibbench.training.config import TrainConfig
-from vibbench.training.precision import PRECISIONS
+from vibbench.core.precision import PRECISIONS
 
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("dataset", "epochs"))
 """Fields of the [train] table; dataset and epochs are top-level options, like on the command line."""

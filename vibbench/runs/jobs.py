@@ -43,7 +43,7 @@ from vibbench.runs.provenance import code_version
 from vibbench.training.checkpoints import load_checkpoint
 from vibbench.training.loop import TrainingDiverged
 from vibbench.training.population import LAYOUT as POPULATION_LAYOUT, population_key, train_population
-from vibbench.training.precision import cpu_capability
+from vibbench.core.precision import cpu_capability
 from vibbench.training.single import train_model
 
 Job = tuple[ModelSpec, int]

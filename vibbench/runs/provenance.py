@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from vibbench.training.precision import cpu_capability, cpu_has_native_bf16
+from vibbench.core.precision import cpu_capability, cpu_has_native_bf16
 
 LIBRARIES = ("torch", "torchvision", "torchattacks", "numpy", "pandas", "seaborn", "scipy")
 

@@ -22,7 +22,7 @@ from vibbench.data.datasets import Dataset, load_dataset
 from vibbench.evaluation.settings import autoattack_label
 from vibbench.evaluation.subsets import evaluation_set_record
 from vibbench.reporting.metrics import summary_markdown, write_metrics
-from vibbench.training.precision import check_native_precision
+from vibbench.core.precision import check_native_precision
 from vibbench.reporting.report import write_report
 from vibbench.runs.cache import cached_evaluation, cached_result, check_writable
 from vibbench.runs.config import RunConfig

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from vibbench.core.errors import VibbenchError, check_positive_int, unknown_name_message
 from vibbench.data.datasets import DATASETS
-from vibbench.training.precision import check_precision
+from vibbench.core.precision import check_precision
 
 
 def _is_number(value) -> bool:

@@ -42,7 +42,7 @@ from vibbench.training.config import TrainConfig
 from vibbench.training.loop import Checkpointing, LoopState, TrainResult, resume, run_epochs
 from vibbench.training.losses import training_loss
 from vibbench.training.noise import ModelNoise
-from vibbench.training.precision import autocast
+from vibbench.core.precision import autocast
 
 LOSS_HYPERPARAMETERS = ("beta", "label_smoothing", "confidence_penalty")
 LAYOUT = "matrices-transposed"  # how the checkpoint's "params" (and the EMA) hold the stacked parameters

@@ -19,7 +19,7 @@ from vibbench.training.config import TrainConfig
 from vibbench.training.loop import Checkpointing, LoopState, TrainResult, resume, run_epochs
 from vibbench.training.losses import training_loss
 from vibbench.training.noise import ModelNoise, set_dropout_noise
-from vibbench.training.precision import autocast
+from vibbench.core.precision import autocast
 
 
 def train_model(

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vibbench import VibbenchError
-from vibbench.training import precision
+from vibbench.core import precision
 
 
 @pytest.fixture

@@ -102,6 +102,20 @@ def test_mean_mode_is_deterministic_and_sampling_is_not():
     torch.testing.assert_close(a, torch.log_softmax(model.decoder(mu), -1))
 
 
+def test_the_mean_path_forward_is_forward_details_prediction_bit_for_bit_with_its_input_gradient():
+    """model(x) in mean mode skips the std and the KL; what it returns, and the gradient an attack takes, are unchanged."""
+    torch.manual_seed(1)
+    model = create_model("mlp_vib").eval()
+    model.mean_mode = True
+    x1 = torch.rand(6, 1, 28, 28, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    fast, full = model(x1), model.forward_details(x2).prediction()
+    assert torch.equal(fast, full)
+    weights = torch.rand(6, 10)
+    (g1,), (g2,) = torch.autograd.grad((fast * weights).sum(), x1), torch.autograd.grad((full * weights).sum(), x2)
+    assert torch.equal(g1, g2)
+
+
 def test_public_api():
     """vibbench re-exports exactly these names, each the very object its module defines; nothing else."""
     import vibbench.core.errors

@@ -36,7 +36,7 @@ from torch import nn
 
 from vibbench.core.errors import VibbenchError, check_positive_int
 from vibbench.models.layers import Backbone
-from vibbench.models.head import kl_divergence, log_mean_softmax, reparameterize, std_from_preactivation
+from vibbench.models.head import kl_divergence, log_mean_softmax, reparameterize, std_from_preactivation, std_of
 from vibbench.models.methods import Method
 
 
@@ -192,9 +192,9 @@ class Classifier(nn.Module):
 
         With the linear decoder (W, b), W (mu + eps_r * std) + b = (W mu + b) + (W diag(eps_r)) std: the n draws'
         logits are one product of std (B, K) with the stacked noise-scaled weights (K, n x C), after one forward
-        pass at z = mu, and the samples z (n, B, K) are never formed. The same quantity as `forward_details` with
-        eps expanded over the batch (a test compares values and input gradients). A decoder that is not an
-        nn.Linear gets the samples."""
+        pass at z = mu, and the samples z (n, B, K) are never formed, nor the KL and the log std, which the logits do
+        not need. The same quantity as `forward_details` with eps expanded over the batch (a test compares values and
+        input gradients). A decoder that is not an nn.Linear gets the samples."""
         if eps.dim() != 3 or eps.shape[1] != 1 or eps.shape[2] != self.latent_dim:
             raise VibbenchError(f"shared noise must have shape (n, 1, {self.latent_dim}), got {tuple(eps.shape)}")
         b, (n, _, k) = x.shape[0], eps.shape
@@ -202,9 +202,10 @@ class Classifier(nn.Module):
             return self.forward_details(x).logits[:1].expand(n, -1, -1)
         if not isinstance(self.decoder, nn.Linear):
             return self.forward_details(x, num_samples=n, eps=eps.expand(-1, b, -1)).logits
-        out = self.forward_details(x, num_samples=1, eps=eps.new_zeros(1, b, k))  # z = mu
+        mu, s = self.encoder_head(self.backbone(self.as_images(x))).float().split(k, dim=-1)
+        std = std_of(s)  # without its log and the KL, which the logits do not need
         scaled = (eps[:, 0, :, None] * self.decoder.weight.t()[None]).permute(1, 0, 2).reshape(k, -1)  # (K, n x C)
-        return (out.logits[0][:, None, :] + (out.std @ scaled).view(b, n, -1)).transpose(0, 1)
+        return (self.decoder(mu)[:, None, :] + (std @ scaled).view(b, n, -1)).transpose(0, 1)
 
     def _fused_head(self, device: torch.device) -> bool:
         if self.head_impl == "eager":
@@ -220,6 +221,10 @@ class Classifier(nn.Module):
         return available(device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stochastic and self.mean_mode:  # z = mu: the std, its log and the KL (a third of an attack step's
+            # elementwise work) are not needed for the prediction, which is forward_details(x).prediction() exactly
+            h = self.encoder_head(self.backbone(self.as_images(x))).float()
+            return log_mean_softmax(self.decoder(h[..., : self.latent_dim][None]))
         return self.forward_details(x).prediction()
 
     def extra_repr(self) -> str:

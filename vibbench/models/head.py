@@ -32,6 +32,11 @@ def log_softplus(t: torch.Tensor) -> torch.Tensor:
     return torch.where(t < LOG_SOFTPLUS_LINEAR_BELOW, t, safe)
 
 
+def std_of(s: torch.Tensor) -> torch.Tensor:
+    """std = softplus(s - 5), as `std_from_preactivation` computes it, without the log."""
+    return F.softplus(s - STD_SHIFT)
+
+
 def std_from_preactivation(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (std, log_std) for std = softplus(s - 5), log_std computed stably."""
     t = s - STD_SHIFT

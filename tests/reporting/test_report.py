@@ -377,3 +377,21 @@ def test_committed_reports_are_what_vibbench_report_writes_today(run_dir, tmp_pa
     copy = tmp_path / run_dir.name
     shutil.copytree(run_dir, copy)
     assert write_report(copy).read_bytes() == (run_dir / "report.md").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "arithmetic, says",
+    [
+        ({"setting": "auto", "resolved": "bf16"}, "- **attack arithmetic**: bf16 autocast for the gradient attacks; Square (a score-based search), the paper's own attacks and the judge in fp32 (`--attack-precision auto`)"),
+        ({"setting": "auto", "resolved": "fp32"}, "- **attack arithmetic**: fp32 (this machine has no native bf16) (`--attack-precision auto`)"),
+        ({"setting": "fp32", "resolved": "fp32"}, "- **attack arithmetic**: fp32 (`--attack-precision fp32`)"),
+        ({"setting": "auto", "resolved": None}, "- **attack arithmetic**: resolved on each machine that ran a job (`--attack-precision auto`)"),
+        (None, None),
+    ],
+)
+def test_the_header_says_how_the_attacks_computed(arithmetic, says, tmp_path):
+    rows = [r for r in synthetic_rows() if "corruption" not in r and "ood" not in r]
+    prov = PROVENANCE | ({"attack_precision": arithmetic} if arithmetic else {})
+    text, _ = build_report(write_metrics(rows, tmp_path / "metrics.csv"), CONFIG, prov, draw=False)
+    head = text[: text.index("## 1.")]
+    assert (says in head) if says else ("attack arithmetic" not in head)

@@ -82,10 +82,10 @@ def test_options_of_a_config_rebuild_it_exactly(tmp_path):
         ("run.toml", b"profile = \"smoke\"\n\xff\xfe", "is not UTF-8 text (byte 0xff at offset 18)"),
         ("run.toml", "epochs = 3\nseeds = ]", "is not valid TOML: Invalid value (at line 2, column 9)"),
         ("run.json", "{", "is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
-        ("run.json", "[1, 2]", "must be a table of fields (profile, models, seeds, dataset, device, epochs, no_eval, train), got a list [1, 2]"),
+        ("run.json", "[1, 2]", "must be a table of fields (profile, models, seeds, dataset, device, epochs, no_eval, attack_precision, train), got a list [1, 2]"),
         ("run.json", "[" * 100_000, "is not valid JSON: nested too deeply"),
         ("run.yaml", "epochs: 3", "name it *.toml or *.json (the extension picks the format), not '.yaml'"),
-        ("run.toml", "epoch = 3", "unknown field 'epoch'. Did you mean epochs? Known: profile, models, seeds, dataset, device, epochs, no_eval, train."),
+        ("run.toml", "epoch = 3", "unknown field 'epoch'. Did you mean epochs? Known: profile, models, seeds, dataset, device, epochs, no_eval, attack_precision, train."),
         ("run.toml", "seeds = 0", ": seeds must be a whole number from 1 to 1000, got an integer 0"),
         ("run.toml", "seeds = true", ": seeds must be a whole number from 1 to 1000, got a boolean True"),
         ("run.toml", "epochs = 2.5", ": epochs must be a positive integer, got 2.5"),
@@ -172,6 +172,7 @@ VALID = {
     "device": st.sampled_from(["auto", "cpu"]),
     "epochs": st.integers(1, 300),
     "no_eval": st.booleans(),
+    "attack_precision": st.sampled_from(["auto", "fp32"]),
     "train": st.fixed_dictionaries(
         {},
         optional={
@@ -232,6 +233,7 @@ def test_random_structures_as_a_config_file_are_applied_or_refused_cleanly(tmp_p
             got = {
                 "profile": cfg.profile, "seeds": len(cfg.seeds), "dataset": cfg.train.dataset, "epochs": cfg.train.epochs,
                 "no_eval": cfg.eval is None, "device": cfg.device if value != "auto" else "auto",
+                "attack_precision": cfg.eval.attacks.precision if cfg.eval is not None else value,  # no attacks: unused
             }.get(key)
             if key == "train":
                 assert all(same(getattr(cfg.train, k), v) for k, v in value.items())

@@ -1,4 +1,5 @@
-"""Training precision: fp32, or bf16 autocast (bf16 matrix products, fp32 weights, head and loss).
+"""Arithmetic precision: fp32, or bf16 autocast (bf16 matrix products, fp32 weights, head and loss), for training
+(`TrainConfig.precision`) and for the attacker's forward and backward passes (`AttackSettings.precision`).
 
 bf16 helps only where the hardware multiplies bf16 natively: GPUs with bf16 support, and CPUs whose oneDNN
 has a bf16 kernel (AVX-512 with bf16 instructions, or AMX). Elsewhere torch emulates it: on a 2-core AVX2
@@ -15,6 +16,8 @@ import torch
 from vibbench.core.errors import VibbenchError, unknown_name_message
 
 PRECISIONS = ("fp32", "bf16")
+ATTACK_PRECISIONS = ("auto", "fp32", "bf16")
+"""The attacker's arithmetic: "auto" is bf16 where the device multiplies bf16 natively, else fp32."""
 
 
 def check_precision(precision: str) -> str:
@@ -63,6 +66,21 @@ def check_native_precision(device: torch.device | str, precision: str) -> str:
                 "train in fp32 (the default)"
             )
     return precision
+
+
+def attack_precision(device: torch.device | str, setting: str) -> str:
+    """The precision the attacks compute in on `device` under the setting `setting` (one of ATTACK_PRECISIONS):
+    "auto" is bf16 where bf16 is native (`bf16_support`), else fp32; "bf16" is refused where it is emulated."""
+    if not isinstance(setting, str) or setting not in ATTACK_PRECISIONS:
+        raise VibbenchError(unknown_name_message("attack precision", str(setting), ATTACK_PRECISIONS))
+    if setting == "auto":
+        return "bf16" if bf16_support(device)[0] else "fp32"
+    if setting == "bf16" and not bf16_support(device)[0]:
+        raise VibbenchError(
+            f"attack precision bf16 refused: {bf16_support(device)[1]}, so bf16 matrix products are emulated and far "
+            "slower than fp32; use auto or fp32"
+        )
+    return setting
 
 
 def autocast(device: torch.device | str, precision: str) -> torch.autocast:

@@ -8,7 +8,8 @@ of the test split gets the same noise eps[r, i] (`eval_samples` x K numbers from
 the adversarial judgement of an image share their noise (common random numbers), and no result depends on
 how the images were batched.
 
-A deterministic model is judged once (R = 1), as is any model on its mean path.
+A deterministic model is judged once (R = 1), as is any model on its mean path. The judge computes in fp32 always,
+also when it is asked from inside an attack that computes in bf16 (an early stop).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class Judge:
         pos = torch.arange(n) if positions is None else positions.cpu()
         y = self.labels[pos.to(self.labels.device)]
         out = torch.empty(self.draws, n, dtype=torch.bool, device=images.device)
-        with eval_mode(self.model):
+        with eval_mode(self.model), torch.autocast(images.device.type, enabled=False):  # fp32, also inside a bf16 attack
             for i in range(0, n, self.batch_size):
                 batch = slice(i, i + self.batch_size)
                 if self.noise is not None:

@@ -24,6 +24,8 @@ the paper differently changes a value, not code):
   toward each of the other classes (the success rate then averages over all targets); "next" toward (y + 1) mod 10,
   which sends 0 to 1 as in the paper's Figure 4. The paper's quantity: the share of (image, target) pairs whose
   final point one forward pass of the predictor classifies as the target, and the mean L2 size of those successes.
+- arithmetic: the paper's attacks compute in fp32 whatever the attack settings' `precision`, since their own
+  bookkeeping is the paper's number; the honest protocol's attacks compute in that precision, and the judge in fp32.
 - the paper's judgement is one forward pass of the predictor under noise independent of the attack's (seed offset
   `PAPER_JUDGE_SEED_OFFSET`), as a fresh evaluation of the adversarial images would draw it.
 
@@ -139,15 +141,16 @@ def paper_fgs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, se
     return attack_in_chunks(attack, x, y, settings.batch_size, seed)
 
 
-def cw_points(target: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, offset: int, settings: AttackSettings, seed: int):
+def cw_points(target: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, offset: int, settings: AttackSettings, seed: int, precision: str = "fp32"):
     """Targeted C&W on `target` toward (y + offset) mod C at each c of `cw_cs`: per c, the points it returned and
-    whether its own forward passes classified them as the target (else torchattacks returns the start point)."""
+    whether its own forward passes classified them as the target (else torchattacks returns the start point).
+    `precision`: the attack's arithmetic (fp32 for the paper's attack, whose own bookkeeping is its result)."""
     num_classes = model.num_classes
     start = x * (1 - 2 * CW_SQUEEZE) + CW_SQUEEZE  # where attacks/cw.py starts; an unchanged point is a failure
     points, found = [], []
     for c in settings.cw_cs:
         attack = cw.build(_request(target, 0.0, settings, seed, num_classes, cw_c=c), target_map=lambda _, labels: targets_for(labels, offset, num_classes))
-        adv = attack_in_chunks(attack, x, y, settings.batch_size, seed)
+        adv = attack_in_chunks(attack, x, y, settings.batch_size, seed, precision=precision)
         points.append(adv)
         found.append((adv - start).flatten(1).abs().amax(1) > 0)
     return points, found
@@ -232,7 +235,7 @@ def _l2_records(model, x, y, index, settings, paper, seed) -> list[dict]:
         paper_hits.append(hit)
         paper_sizes.append(perturbation_norm(final - x, "l2")[hit])
         for target in honest_targets:
-            points += cw_points(target, model, x, y, offset, settings, seed)[0]
+            points += cw_points(target, model, x, y, offset, settings, seed, settings.precision)[0]  # judged in fp32
         honest_dist.append(_judged_distance(model, points, x, t, index, settings, seed))
     hits = torch.cat(paper_hits).float()
     sizes = torch.cat(paper_sizes)

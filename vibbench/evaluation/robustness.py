@@ -33,7 +33,7 @@ import torch
 from vibbench.core.errors import VibbenchError
 from vibbench.core.progress import log
 from vibbench.evaluation.attacks import autoattack
-from vibbench.evaluation.attacks.adversarial import adversarial_examples, attack_in_chunks, attack_request, perturbation_norm
+from vibbench.evaluation.attacks.adversarial import adversarial_examples, attack_in_chunks, attack_request, perturbation_norm, search_precision
 from vibbench.evaluation.attacks.registry import ATTACKS, AttackSpec
 from vibbench.evaluation.attacks.target import input_gradients, paths_for
 from vibbench.evaluation.inference import eval_mode, seeded_noise
@@ -119,7 +119,8 @@ def ensemble_robustness(run: AttackRun, spec: AttackSpec, path: str, m: int, kno
             if ran is not None and ran.shape[-1] >= m:
                 found = ran[:, todo.to(ran.device)]
             else:
-                adv = attack_in_chunks(part, run.x[todo.to(run.x.device)], run.y[todo.to(run.y.device)], run.settings.batch_size, run.seed)
+                x, y = run.x[todo.to(run.x.device)], run.y[todo.to(run.y.device)]
+                adv = attack_in_chunks(part, x, y, run.settings.batch_size, run.seed, precision=search_precision(name, run.settings.precision))
                 found = run.robust(adv, todo.cpu())
             stronger = found.sum(0) < robust[:, todo].sum(0)
             robust[:, todo[stronger]] = found[:, stronger]

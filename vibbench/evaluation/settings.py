@@ -6,6 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from vibbench.core.precision import ATTACK_PRECISIONS
 from vibbench.core.errors import VibbenchError, check_positive_int, unknown_name_message
 from vibbench.data.corruptions import CORRUPTIONS, SEVERITIES
 from vibbench.evaluation.attacks.registry import ATTACKS
@@ -38,8 +39,12 @@ class AttackSettings:
     square_stop_margin: float = 1.0  # on a stochastic model Square stops on an image once log p(true) < log p(other) - this
     batch_size: int = 500
     early_stop: bool = True  # PGD stops on an image once the judge has it broken under every draw (attacks/early_stop.py)
+    precision: str = "fp32"  # the attacks' own forward and backward passes: fp32, bf16 (autocast) or auto (bf16 where
+    # native); the judge that scores them, and the paper protocol's own attacks (their bookkeeping is its number), in fp32
 
     def __post_init__(self):
+        if self.precision not in ATTACK_PRECISIONS:
+            raise VibbenchError(unknown_name_message("attack precision", str(self.precision), ATTACK_PRECISIONS))
         if not isinstance(self.early_stop, bool):
             raise VibbenchError(f"early_stop must be true or false, got {self.early_stop!r}")
         for name in self.attacks:

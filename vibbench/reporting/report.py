@@ -188,7 +188,20 @@ def _machine_items(prov: dict) -> list[tuple[str, str]]:
         ))  # fmt: skip
     elif executor:
         items.append(("jobs ran", {"local": "one after the other in one process (`--executor local`)", "ray": "as Ray tasks (`--executor ray`)"}.get(executor, f"`{executor}`")))
+    arithmetic = _get(prov, "attack_precision")
+    if isinstance(arithmetic, dict) and arithmetic.get("setting"):
+        items.append(("attack arithmetic", _attack_arithmetic(arithmetic["setting"], arithmetic.get("resolved"))))
     return items
+
+
+def _attack_arithmetic(setting: str, resolved: str | None) -> str:
+    """How the robustness attacks computed: the setting (`--attack-precision`) and what it resolved to."""
+    how = {"bf16": "bf16 autocast", "fp32": "fp32"}.get(resolved, "resolved on each machine that ran a job")
+    if resolved == "bf16":
+        how += " for the gradient attacks; Square (a score-based search), the paper's own attacks and the judge in fp32"
+    elif resolved == "fp32" and setting == "auto":
+        how += " (this machine has no native bf16)"
+    return f"{how} (`--attack-precision {setting}`)"
 
 
 def _run_items(df: pd.DataFrame, config: dict, prov: dict) -> list[tuple[str, str]]:

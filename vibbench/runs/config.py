@@ -209,6 +209,7 @@ PROFILES: dict[str, Profile] = {
                 subset=1000,
                 expensive_subset=200,
                 eot_iter=4,
+                precision="auto",  # the attacks (not the judge) in bf16 where it is native: 1.6x faster on an AVX-512 EPYC
             ),
             shift_subset=2000,
             # the paper's 1000 images for FGS; targeted C&W on the first 200, toward the next class only (CPU time)
@@ -220,7 +221,7 @@ PROFILES: dict[str, Profile] = {
         ("mlp_*",) + beta_sweep(PAPER_BETAS) + (EMBEDDING_MODEL,),
         3,
         "the paper's protocol: 200 epochs, 3 seeds, the paper's beta grid, full attack budgets; meant for a GPU",
-        EvalConfig(attacks=AttackSettings(eot_iter=20), paper_protocol=PaperProtocolSettings()),
+        EvalConfig(attacks=AttackSettings(eot_iter=20, precision="auto"), paper_protocol=PaperProtocolSettings()),
     ),
 }
 
@@ -316,11 +317,13 @@ def make_run_config(
     local_device: bool = True,
     train: dict | None = None,
     plugins=(),
+    attack_precision: str | None = None,
 ) -> RunConfig:
     """Resolve a profile plus overrides (None means: the profile's value); `train` overrides
     fields of the profile's TrainConfig, e.g. {"batch_size": 50, "lr": 1e-3}; local_device=False:
     the jobs run elsewhere, so device cuda needs no GPU on this machine; `plugins`: modules (names or
-    FILE.py paths) imported before the models resolve, recorded so that every job's process imports them."""
+    FILE.py paths) imported before the models resolve, recorded so that every job's process imports them;
+    `attack_precision`: the arithmetic of the robustness attacks (AttackSettings.precision: auto, fp32, bf16)."""
     plugins = load_plugins(plugins)
     if profile not in PROFILES:
         raise VibbenchError(unknown_name_message("profile", profile, tuple(PROFILES)))
@@ -344,6 +347,13 @@ def make_run_config(
         models=specs,
         seeds=tuple(range(seeds or prof.seeds)),
         device=resolve_device(device, local_device),
-        eval=prof.eval if evaluate else None,
+        eval=_with_attack_precision(prof.eval, attack_precision) if evaluate else None,
         plugins=plugins,
     )
+
+
+def _with_attack_precision(cfg: EvalConfig | None, precision: str | None) -> EvalConfig | None:
+    """`cfg` with its attacks computed in `precision` (None: as the profile says)."""
+    if precision is None or cfg is None or cfg.attacks is None:
+        return cfg
+    return dataclasses.replace(cfg, attacks=dataclasses.replace(cfg.attacks, precision=precision))

@@ -10,6 +10,7 @@ options given on the command line override the file, and the file overrides the 
     device = "auto"                    # auto | cpu | cuda
     epochs = 20
     no_eval = false                    # true: clean accuracy only (--no-eval)
+    attack_precision = "auto"          # auto | fp32 | bf16: the attacks' arithmetic (--attack-precision)
 
     [train]                            # overrides of the profile's TrainConfig
     batch_size = 100
@@ -31,12 +32,12 @@ from pathlib import Path
 from vibbench.core.errors import VibbenchError, check_positive_int, describe_os_error, unknown_name_message
 from vibbench.runs.config import DEVICES, MAX_SEEDS, PROFILES, RunConfig, make_run_config, parse_model_specs
 from vibbench.training.config import TrainConfig
-from vibbench.core.precision import PRECISIONS
+from vibbench.core.precision import ATTACK_PRECISIONS, PRECISIONS
 
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("dataset", "epochs"))
 """Fields of the [train] table; dataset and epochs are top-level options, like on the command line."""
 
-OPTION_FIELDS = ("profile", "models", "seeds", "dataset", "device", "epochs", "no_eval", "train")
+OPTION_FIELDS = ("profile", "models", "seeds", "dataset", "device", "epochs", "no_eval", "attack_precision", "train")
 FORMATS = {".toml": "TOML", ".json": "JSON"}
 
 
@@ -95,6 +96,7 @@ def run_config_from_options(options: dict, local_device: bool = True) -> RunConf
         evaluate=not options.get("no_eval", False),
         train=options.get("train"),
         local_device=local_device,
+        attack_precision=options.get("attack_precision"),
     )
 
 
@@ -112,6 +114,7 @@ def options_of(cfg: RunConfig) -> dict:
         "device": cfg.device,
         "epochs": cfg.train.epochs,
         "no_eval": cfg.eval is None,
+        "attack_precision": cfg.eval.attacks.precision if cfg.eval is not None and cfg.eval.attacks is not None else None,
         "train": train,
     }
 
@@ -239,5 +242,6 @@ _CHECKS = {
     "device": _choice("device", DEVICES),
     "epochs": _positive_int,
     "no_eval": _boolean,
+    "attack_precision": lambda value, where: None if value is None else _choice("attack precision", ATTACK_PRECISIONS)(value, where),
     "train": _train,
 }

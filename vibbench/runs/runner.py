@@ -22,7 +22,7 @@ from vibbench.data.datasets import Dataset, load_dataset
 from vibbench.evaluation.settings import autoattack_label
 from vibbench.evaluation.subsets import evaluation_set_record
 from vibbench.reporting.metrics import summary_markdown, write_metrics
-from vibbench.core.precision import check_native_precision
+from vibbench.core.precision import attack_precision, check_native_precision
 from vibbench.reporting.report import write_report
 from vibbench.runs.cache import cached_evaluation, cached_result, check_writable
 from vibbench.runs.config import RunConfig
@@ -76,6 +76,8 @@ def run(
     check_writable(cache_dir, "cache folder")
     if train and not isinstance(executor, RayExecutor):  # the jobs train on this machine
         check_native_precision(cfg.device, cfg.train.precision)
+    if cfg.eval is not None and cfg.eval.attacks is not None and not isinstance(executor, RayExecutor):
+        attack_precision(cfg.device, cfg.eval.attacks.precision)  # bf16 where it is emulated: refused before any work
     with folder_lock(out_dir, "output folder", wait=False, tidy=True):
         # what killed runs left half-written: their temporary files (targets are replaced atomically)
         remove_stale_temps(out_dir, recursive=True)
@@ -95,6 +97,15 @@ def run(
         _write_outputs(cfg, out_dir, cache_dir, dataset, results, trainer, executor, started, git_at_start, own_models or {}, run_id)
         finish_output_folder(out_dir, identity, earlier)
     return out_dir
+
+
+def _attack_arithmetic(cfg: RunConfig, executor) -> dict | None:
+    """The robustness attacks' precision setting and what it resolved to on this machine (None: no attacks; the
+    resolution None when the jobs ran on other machines, under Ray)."""
+    if cfg.eval is None or cfg.eval.attacks is None:
+        return None
+    setting = cfg.eval.attacks.precision
+    return {"setting": setting, "resolved": None if isinstance(executor, RayExecutor) else attack_precision(cfg.device, setting)}
 
 
 def _run_jobs(cfg, cache_dir, data_dir, retrain, train, trainer, executor, dataset) -> tuple[str, dict[Job, tuple[dict, list[dict]]]]:
@@ -149,6 +160,7 @@ def _write_outputs(
         "dataset": {"name": dataset.name, "source": dataset.source, "sha256": dataset.sha256},
         "training_path": {"population": "populations (torch.func vmap over stacked parameters)", "single": "one model at a time"}[trainer],
         "executor": executor.describe(),
+        "attack_precision": _attack_arithmetic(cfg, executor),
         "job_hashes": {f"{s.label} seed {seed}": cfg.job_hash(s, seed) for seed in cfg.seeds for s in cfg.models},
         # jobs reused from the cache were trained by the code of an earlier run
         "trained_by": {f"{s.label} seed {seed}": results[(s, seed)][0].get("trained_by") for seed in cfg.seeds for s in cfg.models},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from vibbench.core.precision import attack_precision, autocast
 from vibbench.core.errors import VibbenchError, unknown_name_message
 from vibbench.evaluation.attacks.early_stop import Done
 from vibbench.evaluation.attacks.registry import ATTACKS
@@ -36,7 +37,17 @@ def adversarial_examples(
         raise VibbenchError("the evaluation subset is empty: nothing to attack (check --attack-subset / max_eval_examples)")
     check_eps(spec.norm, eps)
     attack = spec.build(attack_request(model, path, eps, s, seed, random_start=random_start, cw_c=cw_c))
-    return attack_in_chunks(attack, images, labels, s.batch_size, seed, done=done)
+    return attack_in_chunks(attack, images, labels, s.batch_size, seed, done=done, precision=search_precision(name, s.precision))
+
+
+def search_precision(name: str, precision: str) -> str:
+    """The arithmetic attack `name` (a registry attack or an AutoAttack part) computes in under the setting
+    `precision`: a score-based search (`white_box` False: Square) compares the losses of nearby points, so it computes
+    in fp32 whatever the setting; bf16 rounding turns its comparisons into noise. On a VIB model of the quick profile
+    Square at L-inf 0.1 left 43% of 200 images robust (over 5 judge draws) in bf16 against 33% in fp32 (the EOT path: 38% against
+    31%), where every gradient attack agreed with its fp32 run within 0.4 points."""
+    spec = ATTACKS.get(name)
+    return "fp32" if spec is not None and not spec.white_box else precision
 
 
 def attack_request(model: Classifier, path: str, eps: float, s: AttackSettings, seed: int = 0, **options) -> AttackRequest:
@@ -44,12 +55,19 @@ def attack_request(model: Classifier, path: str, eps: float, s: AttackSettings, 
     return AttackRequest(AttackTarget(model, path), eps, s, seed, getattr(model, "num_classes", 10), **options)
 
 
-def attack_in_chunks(attack, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, done: Done | None = None) -> torch.Tensor:
+def attack_in_chunks(
+    attack, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, done: Done | None = None, precision: str = "fp32"
+) -> torch.Tensor:
     """`attack(images, labels)` in chunks of `batch_size` under the noise seed `seed`; the adversarial images, detached.
-    An attack that stops early (a `done` attribute) is given `done` for each chunk, in positions of `images`."""
+    An attack that stops early (a `done` attribute) is given `done` for each chunk, in positions of `images`.
+
+    `precision` (an attack precision setting, resolved for the images' device by `attack_precision`) is the
+    arithmetic of the attacker's forward and backward passes: with bf16 they run under bf16 autocast (bf16 matrix
+    products, the model's fp32 weights cast once for the whole attack). What the attack returns is only a candidate:
+    the judge (judge.py), which always computes in fp32, decides whether an image is robust, also inside `done`."""
     stops = done is not None and hasattr(attack, "done")
     out = []
-    with seeded_noise(seed, images.device):
+    with seeded_noise(seed, images.device), autocast(images.device, attack_precision(images.device, precision)):
         for i in range(0, images.shape[0], batch_size):
             if stops:
                 attack.done = lambda adv, rows, start=i: done(adv, rows.cpu() + start)

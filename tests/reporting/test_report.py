@@ -294,11 +294,15 @@ def test_provenance_header(full_run):
 )
 def test_the_header_says_how_the_jobs_ran(executor, says, tmp_path):
     """With worker processes the per-job times add up to more than the wall time: the header says why."""
-    rows = [r for r in synthetic_rows() if "corruption" not in r and "ood" not in r]
-    prov = PROVENANCE | ({"executor": executor} if executor else {})
-    text, _ = build_report(write_metrics(rows, tmp_path / "metrics.csv"), CONFIG, prov, draw=False)
-    head = text[: text.index("## 1.")]
+    head = _header(tmp_path, {"executor": executor} if executor else {})
     assert (says in head) if says else ("jobs ran" not in head)
+
+
+def _header(tmp_path, provenance: dict) -> str:
+    """The report's header for the synthetic rows with `provenance` added to PROVENANCE."""
+    rows = [r for r in synthetic_rows() if "corruption" not in r and "ood" not in r]
+    text, _ = build_report(write_metrics(rows, tmp_path / "metrics.csv"), CONFIG, PROVENANCE | provenance, draw=False)
+    return text[: text.index("## 1.")]
 
 
 def test_in_memory_frame_gives_the_same_report_as_the_csv(tmp_path):
@@ -390,8 +394,5 @@ def test_committed_reports_are_what_vibbench_report_writes_today(run_dir, tmp_pa
     ],
 )
 def test_the_header_says_how_the_attacks_computed(arithmetic, says, tmp_path):
-    rows = [r for r in synthetic_rows() if "corruption" not in r and "ood" not in r]
-    prov = PROVENANCE | ({"attack_precision": arithmetic} if arithmetic else {})
-    text, _ = build_report(write_metrics(rows, tmp_path / "metrics.csv"), CONFIG, prov, draw=False)
-    head = text[: text.index("## 1.")]
+    head = _header(tmp_path, {"attack_precision": arithmetic} if arithmetic else {})
     assert (says in head) if says else ("attack arithmetic" not in head)

@@ -183,11 +183,11 @@ def _run_options(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--cache-dir", type=Path, help="checkpoints and job results (default: $VIBBENCH_CACHE_DIR, else $XDG_CACHE_HOME/vibbench, else ~/.cache/vibbench)")
     run.add_argument("--data-dir", type=Path, help="datasets (default: $VIBBENCH_DATA_DIR, else $XDG_CACHE_HOME/vibbench/data, else ~/.cache/vibbench/data)")
-    run.add_argument("--precision", help="training precision: fp32 (the default) or bf16 (autocast; evaluation stays fp32)")
+    run.add_argument("--precision", help="training precision: fp32 (the default) or bf16 (autocast; the attacks' arithmetic is --attack-precision)")
     run.add_argument(
         "--attack-precision",
         help="the robustness attacks' arithmetic: auto (bf16 autocast where the device multiplies bf16 natively, else fp32; "
-        "the quick and paper profiles' setting), fp32 or bf16; the judge that scores every attack computes in fp32",
+        "the quick, table1 and paper profiles' setting), fp32 or bf16; the judge that scores every attack computes in fp32",
     )
     run.add_argument("--no-eval", action="store_true", help="clean accuracy only: skip robustness, calibration, OOD and shift")
     _plugin_option(run)

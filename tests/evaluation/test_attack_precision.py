@@ -93,3 +93,58 @@ def test_score_based_searches_compute_in_fp32_whatever_the_setting():
         assert search_precision(name, "bf16") == ("bf16" if spec.white_box else "fp32")
         assert search_precision(name, "fp32") == "fp32"
     assert search_precision("square", "auto") == "fp32" and search_precision("apgd-ce", "auto") == "auto"  # AutoAttack's parts
+
+
+def test_the_harness_hands_each_attack_its_precision(native_bf16, trained_vib, synthetic, monkeypatch):
+    """evaluate_robustness gives attack_in_chunks the setting for the gradient attacks and AutoAttack's APGD parts, fp32
+    for Square (also as AutoAttack's part)."""
+    import dataclasses
+
+    from vibbench.evaluation.attacks import adversarial
+    from vibbench.evaluation import robustness
+    from vibbench.runs.config import PROFILES
+
+    native_bf16(True)
+    seen = []
+    real = adversarial.attack_in_chunks
+
+    def spy(attack, *args, precision="fp32", **kwargs):
+        seen.append((type(attack).__name__, precision))
+        return real(attack, *args, precision=precision, **kwargs)
+
+    monkeypatch.setattr(adversarial, "attack_in_chunks", spy)
+    monkeypatch.setattr(robustness, "attack_in_chunks", spy)
+    settings = dataclasses.replace(PROFILES["smoke"].eval.attacks, precision="bf16", attacks=("pgd", "square", "autoattack"))
+    x, y = synthetic.test.images[:20], synthetic.test.labels[:20]
+    robustness.evaluate_robustness(trained_vib, x, y, settings)
+    by_kind = {}
+    for kind, precision in seen:
+        by_kind.setdefault(kind, set()).add(precision)
+    assert by_kind.pop("MarginStopSquare") == {"fp32"}
+    assert by_kind and all(p == {"bf16"} for p in by_kind.values()), by_kind  # PGD, APGD (CE, DLR, T), FAB
+
+
+def test_the_judge_turns_autocast_off_inside_the_model(trained_vib, synthetic, monkeypatch):
+    x, y = synthetic.test.images[:10], synthetic.test.labels[:10]
+    judge = Judge(trained_vib, y, torch.arange(10), draws=2, seed=0)
+    states = []
+    real = type(trained_vib).forward_details
+    monkeypatch.setattr(type(trained_vib), "forward_details", lambda self, *a, **k: states.append(torch.is_autocast_enabled("cpu")) or real(self, *a, **k))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        judge.correct(x)
+    assert states == [False]
+
+
+def test_a_bf16_arithmetic_names_its_own_cache_entries_and_fp32_keeps_the_old_hashes(native_bf16):
+    from vibbench.runs.config import make_run_config
+
+    native_bf16(True)
+    auto, fp32 = make_run_config("smoke", attack_precision="auto", device="cpu"), make_run_config("smoke", attack_precision="fp32", device="cpu")
+    spec = auto.models[0]
+    assert "precision" not in fp32.eval.attacks.to_dict() and fp32.config_hash == make_run_config("smoke", device="cpu").config_hash
+    here = {s: auto.eval_hash(spec, 0, s) for s in ("robustness", "paper_protocol", "calibration")}
+    native_bf16(False)  # another machine resolves auto to fp32: its robustness entries are other ones
+    elsewhere = {s: auto.eval_hash(spec, 0, s) for s in here}
+    assert here["robustness"] != elsewhere["robustness"] and here["calibration"] == elsewhere["calibration"]
+    with pytest.raises(VibbenchError, match="unknown attack precision 'fp16'"):
+        make_run_config("smoke", evaluate=False, attack_precision="fp16")

@@ -46,7 +46,7 @@ def bf16_support(device: torch.device | str) -> tuple[bool, str]:
     """(native, reason): whether `device` multiplies bf16 natively, and why not when it does not."""
     device = torch.device(device)
     if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
+        ok = torch.cuda.is_bf16_supported(including_emulation=False)  # emulated bf16 (compute capability < 8) is slow
         return ok, "" if ok else f"the GPU {torch.cuda.get_device_name(device)} has no bf16 support"
     if device.type == "cpu":
         if cpu_has_native_bf16():

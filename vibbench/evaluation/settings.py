@@ -68,7 +68,10 @@ class AttackSettings:
         return {"linf": self.linf_eps, "l2": self.l2_eps}[check_norm(norm)]
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if self.precision == "fp32":  # absent, not "fp32": the hashes of runs with fp32 attacks stay as they were
+            del d["precision"]
+        return d
 
 
 def check_norm(norm: str) -> str:
@@ -162,6 +165,8 @@ class EvalConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        if self.attacks is not None:
+            d["attacks"] = self.attacks.to_dict()
         if self.paper_protocol is None:  # absent, not null: the hashes of runs without it stay as they were
             del d["paper_protocol"]
         return d

@@ -33,6 +33,7 @@ def evaluate(
     device: str = "auto",
     data_dir: str | Path | None = None,
     no_eval: bool = False,
+    attack_precision: str | None = None,
 ) -> pd.DataFrame:
     """Evaluate `model`, a torch.nn.Module mapping images in [0, 1] shaped (B, 1, 28, 28) to (B, C) logits or
     log-probabilities, with the sections and settings of `profile` on `dataset`'s test split; returns the metrics in
@@ -42,8 +43,9 @@ def evaluate(
     model is judged over several noise draws and attacked with EOT, and also on its mean path if it has a boolean
     `mean_mode` attribute. label: its name in the tables (default: its class name). out: a folder to write the
     run's files to. The model is moved to `device` ("auto": CUDA if available) and evaluated in eval mode (its
-    train/eval flag is restored). no_eval: clean accuracy only."""
-    cfg = dataclasses.replace(make_run_config(profile, dataset=dataset, device=device, evaluate=not no_eval), models=())
+    train/eval flag is restored). no_eval: clean accuracy only. attack_precision: the gradient attacks' arithmetic, auto
+    (bf16 where the device has it natively), fp32 or bf16 (None: the profile's; the judge always computes in fp32)."""
+    cfg = dataclasses.replace(make_run_config(profile, dataset=dataset, device=device, evaluate=not no_eval, attack_precision=attack_precision), models=())
     own = own_model(model, label=label, stochastic=stochastic)
     data_dir = Path(data_dir) if data_dir is not None else None
     if out is not None:

@@ -31,7 +31,7 @@ class TrainConfig:
     max_train_examples: int | None = None  # first N training images only (smoke tests)
     max_eval_examples: int | None = None  # first N validation / test images only
     eval_batch_size: int = 1000  # chunk size for evaluation; bounds memory, not results
-    precision: str = "fp32"  # training only: "bf16" autocasts matrix products; evaluation is fp32
+    precision: str = "fp32"  # training only: "bf16" autocasts matrix products (the attacks: AttackSettings.precision)
 
     def __post_init__(self):
         check_precision(self.precision)

@@ -68,12 +68,17 @@ def check_native_precision(device: torch.device | str, precision: str) -> str:
     return precision
 
 
+def check_attack_precision(setting: str) -> str:
+    """`setting`, refused unless it is one of ATTACK_PRECISIONS."""
+    if not isinstance(setting, str) or setting not in ATTACK_PRECISIONS:
+        raise VibbenchError(unknown_name_message("attack precision", str(setting), ATTACK_PRECISIONS))
+    return setting
+
+
 def attack_precision(device: torch.device | str, setting: str) -> str:
     """The precision the attacks compute in on `device` under the setting `setting` (one of ATTACK_PRECISIONS):
     "auto" is bf16 where bf16 is native (`bf16_support`), else fp32; "bf16" is refused where it is emulated."""
-    if not isinstance(setting, str) or setting not in ATTACK_PRECISIONS:
-        raise VibbenchError(unknown_name_message("attack precision", str(setting), ATTACK_PRECISIONS))
-    if setting == "auto":
+    if check_attack_precision(setting) == "auto":
         return "bf16" if bf16_support(device)[0] else "fp32"
     if setting == "bf16" and not bf16_support(device)[0]:
         raise VibbenchError(

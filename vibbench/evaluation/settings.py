@@ -6,7 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from vibbench.core.precision import ATTACK_PRECISIONS
+from vibbench.core.precision import check_attack_precision
 from vibbench.core.errors import VibbenchError, check_positive_int, unknown_name_message
 from vibbench.data.corruptions import CORRUPTIONS, SEVERITIES
 from vibbench.evaluation.attacks.registry import ATTACKS
@@ -43,8 +43,7 @@ class AttackSettings:
     # native); the judge that scores them, and the paper protocol's own attacks (their bookkeeping is its number), in fp32
 
     def __post_init__(self):
-        if self.precision not in ATTACK_PRECISIONS:
-            raise VibbenchError(unknown_name_message("attack precision", str(self.precision), ATTACK_PRECISIONS))
+        check_attack_precision(self.precision)
         if not isinstance(self.early_stop, bool):
             raise VibbenchError(f"early_stop must be true or false, got {self.early_stop!r}")
         for name in self.attacks:

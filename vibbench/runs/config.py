@@ -15,7 +15,7 @@ from vibbench.data.datasets import class_count
 from vibbench.evaluation.settings import AttackSettings, EvalConfig, PaperProtocolSettings
 from vibbench.training.config import TrainConfig
 from vibbench.core.errors import VibbenchError, unknown_name_message
-from vibbench.core.precision import ATTACK_PRECISIONS
+from vibbench.core.precision import attack_precision as resolve_attack_precision, check_attack_precision
 from vibbench.core.hashing import stable_hash
 from vibbench.core.progress import log
 from vibbench.models.backbones import backbone_code
@@ -281,14 +281,14 @@ class RunConfig:
         """Names one evaluation section of one trained model: its job, the evaluation settings and, for a section whose
         attacks compute in bf16 on this machine, that arithmetic (a cache shared with a machine that resolves
         `--attack-precision auto` otherwise keeps both results apart)."""
-        from vibbench.core.precision import bf16_support
         from vibbench.evaluation.sections import section_key
 
         if self.eval is None:
             raise VibbenchError("this run evaluates nothing (--no-eval): it has no evaluation sections")
         key = {"job": self.job_hash(spec, seed)} | section_key(section, self.eval)
         setting = self.eval.attacks.precision if self.eval.attacks is not None else "fp32"
-        if "attacks" in key["settings"] and (setting == "bf16" or (setting == "auto" and bf16_support(self.device)[0])):
+        # a bf16 setting where bf16 is emulated is refused when the run starts, not here (a Ray driver may lack it)
+        if "attacks" in key["settings"] and (setting == "bf16" or resolve_attack_precision(self.device, setting) == "bf16"):
             key["arithmetic"] = "bf16"
         return stable_hash(key)
 
@@ -344,8 +344,8 @@ def make_run_config(
         if name not in known:
             raise VibbenchError(unknown_name_message("training field", name, known))
     train = dataclasses.replace(prof.train, **changes)
-    if attack_precision is not None and attack_precision not in ATTACK_PRECISIONS:  # also with no attacks: no silent typo
-        raise VibbenchError(unknown_name_message("attack precision", str(attack_precision), ATTACK_PRECISIONS))
+    if attack_precision is not None:  # checked also when nothing is attacked: no silent typo
+        check_attack_precision(attack_precision)
     specs = parse_model_specs(models or prof.models)
     for spec in specs:  # now, not when the first job is built: a failed start leaves nothing behind
         classes = dict(spec.overrides).get("num_classes")

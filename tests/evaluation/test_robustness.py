@@ -14,7 +14,7 @@ from vibbench.evaluation.attacks.cw import PositiveLogits
 from vibbench.evaluation.attacks.target import AttackTarget
 from vibbench.evaluation.settings import AttackSettings, autoattack_label, check_eps
 from vibbench.evaluation.masking import FLAGS, masking_flags
-from vibbench.evaluation.robustness import evaluate_robustness, worst_case
+from vibbench.evaluation.robustness import evaluate_robustness, summary_records, worst_case
 
 N = 100
 
@@ -128,6 +128,39 @@ def test_masking_flags_on_constructed_tables():
     assert loud["nonmonotone"] == [key("pgd", 0.1), key("pgd", 0.3)]
     assert loud["blackbox_stronger"] == [key("pgd", 0.3), key("fgsm", 0.3)]  # the white-box rows Square beat
     assert set(loud["large_eps"]) == set(loud["zero_grad"]) == set(acc)  # path-wide: every row of the path
+
+
+def test_masking_compares_rows_of_different_lengths_on_the_images_they_share():
+    """Square and C&W run on the first 200 images, PGD on 1000: a flag compares them on those 200, not a 200-image
+    accuracy with a 1000-image one (whose extra 800 images may be easier or harder)."""
+    key = lambda a, e, p="direct", n="linf": (a, p, n, e)
+    sq, pgd, fgsm, cw, pgd2 = key("square", 0.1), key("pgd", 0.1), key("fgsm", 0.1), key("cw", 1.0, n="l2"), key("pgd_l2", 1.0, n="l2")
+    n = {sq: 200, pgd: 1000, fgsm: 1000, cw: 200, pgd2: 1000}
+    # over 1000 images PGD leaves 40% and Square 33% (7 points: would flag), but on Square's 200 images PGD leaves 36%
+    acc = {sq: 0.33, pgd: 0.40, fgsm: 0.60, cw: 0.50, pgd2: 0.45}
+    prefix = {pgd: {200: 0.36}, fgsm: {200: 0.55}, pgd2: {200: 0.35}}
+    flags = masking_flags(acc, n, {}, {}, prefix=prefix)
+    assert flags["blackbox_stronger"] == []  # 33% against 36% on the same images: within the margin
+    assert flags["cw_weaker"] == [cw]  # 50% against 35% on the same images (against 45% over 1000: quiet)
+    prefix[pgd][200] = 0.40  # now Square beats PGD by 7 points on the same images
+    assert masking_flags(acc, n, {}, {}, prefix=prefix)["blackbox_stronger"] == [pgd, fgsm]
+    with pytest.raises(ValueError, match="prefix"):  # never silently over different images
+        masking_flags(acc, n, {}, {})
+
+
+def test_summary_flags_use_the_shared_images():
+    """End to end through summary_records: the white-box row's first 200 images are what Square is held against."""
+    t = lambda robust_first, n_first, robust_rest, n_rest: torch.tensor([True] * robust_first + [False] * (n_first - robust_first) + [True] * robust_rest + [False] * (n_rest - robust_rest))
+    robust = {
+        ("square", "direct", "linf", 0.1): t(60, 200, 0, 0),  # 30%
+        ("pgd", "direct", "linf", 0.1): t(64, 200, 600, 800),  # 32% on Square's images, 66% over 1000
+    }
+    records = summary_records(robust, {}, {}, {}, torch.ones(1000, dtype=torch.bool), torch.arange(1000), 200)
+    fired = {r["metric"] for r in records if r["metric"].startswith("flag_") and r["attack"] != "checks"}
+    assert "flag_blackbox_stronger" not in fired  # over 1000 images it would have (30% against 66%)
+    robust[("square", "direct", "linf", 0.1)] = t(20, 200, 0, 0)  # 10% against 32% on the same images: it fires
+    records = summary_records(robust, {}, {}, {}, torch.ones(1000, dtype=torch.bool), torch.arange(1000), 200)
+    assert [r["attack"] for r in records if r["metric"] == "flag_blackbox_stronger" and r["attack"] != "checks"] == ["pgd"]
 
 
 def test_large_eps_expects_near_zero_not_chance():

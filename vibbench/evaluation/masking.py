@@ -3,7 +3,9 @@ attack failed for a reason other than robustness. They are reported as flags on 
 never used to hide a number. Pure arithmetic on robust accuracies: no torch.
 
 Every threshold is far above the sampling noise of the rows it compares only when the rows hold a few hundred
-images; each check adds slack of three examples' worth (3/n) on top.
+images; each check adds slack of three examples' worth (3/n) on top. Rows that hold different image sets (the
+expensive attacks run on the first images of the set the others run on) are compared on the images they share:
+the longer row's accuracy on the first n images of the shorter one, never two accuracies over different images.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ FLAGS: dict[str, str] = {
     "zero_grad": "over 1% of examples have an exactly zero input gradient (doubts every row of that path)",
     "judge_noisy": "the judge's draws disagree on more than 10% of a row's images: the row depends on the noise (doubts that row)",
 }
-"""Each check's name and what it means, as the report explains it."""
+"""Each check's name and what it means, as the report explains it (rows of different lengths: see the module
+docstring; the texts stay as they were, so the reports of earlier runs read as `vibbench report` writes them)."""
 
 LARGE_EPS_LIMIT = 0.02
 BLACKBOX_MARGIN = 0.05
@@ -49,14 +52,28 @@ def masking_flags(
     white_box: dict[str, bool] | None = None,
     stochastic: bool = False,
     large_n: int | None = None,
+    prefix: dict[Key, dict[int, float]] | None = None,
 ) -> dict[str, list[Key]]:
     """For each check of FLAGS, the rows (keys of `acc`) it casts doubt on; a check that did not fire maps to [].
 
     acc, n: robust accuracy and its number of images per (attack, path, norm, eps); large: the accuracy at the huge
     budgets (keys as acc); zero_grad: per path, the share of exactly zero input gradients; disagreement: per row, the
     share of images the judge's draws disagree on; white_box: per attack name, whether it uses gradients (default:
-    all but "square"); stochastic: the model samples at test time (the blackbox_weaker check applies)."""
+    all but "square"); stochastic: the model samples at test time (the blackbox_weaker check applies); prefix: per
+    row, its accuracy on its first m images for each shorter row's size m, so rows of different lengths are compared
+    on the images they share (a row of its own length needs none; without prefix, rows of different lengths are
+    refused rather than compared over different images)."""
     white_box = white_box or {}
+    prefix = prefix or {}
+
+    def on(key: Key, m: int) -> float:
+        """Row `key`'s accuracy on its first m images."""
+        if m == n[key]:
+            return acc[key]
+        if m not in prefix.get(key, {}):
+            raise ValueError(f"row {key} holds {n[key]} images; its accuracy on the first {m} (prefix) is needed to compare it with a shorter row")
+        return prefix[key][m]
+
     is_white = lambda a: white_box.get(a, a != "square")  # noqa: E731
     flags: dict[str, list[Key]] = {name: [] for name in FLAGS}
     by_path: dict[str, list[Key]] = defaultdict(list)
@@ -76,23 +93,30 @@ def masking_flags(
         if value > LARGE_EPS_LIMIT + _slack(large_n) and path in by_path:
             flags["large_eps"] += [k for k in by_path[path] if k not in flags["large_eps"]]
 
-    for key, value in acc.items():
+    for key in acc:
         attack, path, norm, eps = key
         same = {k: v for k, v in acc.items() if k[1:] == key[1:] and k != key}
         if attack == "square":
-            white = {k: v for k, v in same.items() if is_white(k[0]) and k[0] != "autoattack"}
-            if white and value < min(white.values()) - BLACKBOX_MARGIN:
-                flags["blackbox_stronger"] += list(white)
-            if stochastic and path == "eot" and white and value > min(white.values()) + WEAKER_MARGIN + _slack(n[key]):
-                flags["blackbox_weaker"].append(key)
+            white = [k for k in same if is_white(k[0]) and k[0] != "autoattack"]
+            if white:
+                m = min(n[k] for k in white + [key])  # the images every compared row holds
+                square, best = on(key, m), min(on(k, m) for k in white)
+                if square < best - BLACKBOX_MARGIN:
+                    flags["blackbox_stronger"] += white
+                if stochastic and path == "eot" and square > best + WEAKER_MARGIN + _slack(m):
+                    flags["blackbox_weaker"].append(key)
         if attack == "cw":
-            pgd = acc.get(("pgd_l2", path, norm, eps))
-            if pgd is not None and value > pgd + WEAKER_MARGIN + _slack(n[key]):
-                flags["cw_weaker"].append(key)
+            pgd = ("pgd_l2", path, norm, eps)
+            if pgd in acc:
+                m = min(n[key], n[pgd])
+                if on(key, m) > on(pgd, m) + WEAKER_MARGIN + _slack(m):
+                    flags["cw_weaker"].append(key)
         if path == "eot":
-            mean = acc.get((attack, "mean", norm, eps))
-            if mean is not None and value > mean + WEAKER_MARGIN + _slack(n[key]):
-                flags["eot_weaker"].append(key)
+            mean = (attack, "mean", norm, eps)
+            if mean in acc:
+                m = min(n[key], n[mean])
+                if on(key, m) > on(mean, m) + WEAKER_MARGIN + _slack(m):
+                    flags["eot_weaker"].append(key)
 
     for path, frac in zero_grad.items():
         if frac > ZERO_GRAD_FRACTION:

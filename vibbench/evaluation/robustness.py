@@ -253,8 +253,11 @@ def summary_records(
     for m in sorted({n_all} | set(sizes.values()), reverse=True):  # the clean accuracy of every image set measured
         records.append(_record("clean", "all", "", 0.0, m, "robust_accuracy", float(clean[:, :m].float().mean())))
         records.append(_record("clean", "all", "", 0.0, m, "robust_accuracy_all_draws", float(clean[:, :m].all(0).float().mean())))
+    lengths = set(sizes.values())  # each row's accuracy on the first m images of every shorter row: compared on shared images
+    prefix = {k: {m: float(v[:, :m].float().mean()) for m in lengths if m < sizes[k]} for k, v in robust.items()}
     flags = masking_flags(
-        acc, sizes, large, zero_grad, disagreement, white_box={a: s.white_box for a, s in ATTACKS.items()}, stochastic=stochastic, large_n=n_exp
+        acc, sizes, large, zero_grad, disagreement, white_box={a: s.white_box for a, s in ATTACKS.items()}, stochastic=stochastic,
+        large_n=n_exp, prefix=prefix,
     )
     for flag in FLAGS:
         records.append(_record("checks", "all", "", float("nan"), n_all, f"flag_{flag}", float(bool(flags[flag]))))

@@ -70,6 +70,19 @@ def test_a_run_with_bf16_attacks_is_refused_before_it_trains_anything(native_bf1
     assert not any((tmp_path / "cache").glob("jobs/*"))
 
 
+def test_a_unit_refuses_emulated_bf16_on_the_machine_it_runs_on(native_bf16, tmp_path):
+    """Under Ray the runner's machine is not the one that trains and attacks: each unit checks its own before it
+    trains (a node without native bf16 would otherwise fail only at evaluation, after training)."""
+    from vibbench.runs.config import make_run_config
+    from vibbench.runs.jobs import run_unit
+
+    cfg = make_run_config("smoke", dataset="synthetic", device="cpu", attack_precision="bf16")
+    native_bf16(False)
+    with pytest.raises(VibbenchError, match="attack precision bf16 refused"):
+        run_unit(cfg, [(cfg.models[0], 0)], tmp_path / "cache", None, "single")
+    assert not any((tmp_path / "cache").glob("jobs/*"))
+
+
 def test_the_judge_computes_in_fp32_inside_a_bf16_attack(trained_vib, trained_mlp, synthetic, native_bf16):
     """The judge's verdicts under an enclosing bf16 autocast, also when asked by the early stop of an attack that
     runs in bf16, are bit for bit the fp32 ones."""
@@ -122,6 +135,42 @@ def test_the_harness_hands_each_attack_its_precision(native_bf16, trained_vib, s
         by_kind.setdefault(kind, set()).add(precision)
     assert by_kind.pop("MarginStopSquare") == {"fp32"}
     assert by_kind and all(p == {"bf16"} for p in by_kind.values()), by_kind  # PGD, APGD (CE, DLR, T), FAB
+
+
+def test_the_ensemble_as_one_attack_runs_square_in_fp32(native_bf16, trained_vib, synthetic, monkeypatch):
+    """`adversarial_examples(..., "autoattack")` (the ensemble without the harness's judge) gives each part its own
+    arithmetic as the harness does: the APGD part under the bf16 setting, its Square part in fp32."""
+    import dataclasses
+
+    from vibbench.evaluation.attacks import autoattack
+    from vibbench.evaluation.attacks.adversarial import adversarial_examples
+    from vibbench.runs.config import PROFILES
+
+    native_bf16(True)
+    recorders = {"apgd-ce": Recorder(), "square": Recorder()}
+    monkeypatch.setattr(autoattack, "parts", lambda r: list(recorders.items()))
+    settings = dataclasses.replace(PROFILES["smoke"].eval.attacks, precision="bf16")
+    x, y = synthetic.test.images[:20], synthetic.test.labels[:20]
+    adversarial_examples(trained_vib, x, y, "autoattack", 0.1, "mean", settings)
+    assert recorders["apgd-ce"].seen == [(True, torch.bfloat16)]
+    assert recorders["square"].seen == [(False, torch.float32)]
+
+
+@pytest.mark.parametrize("setting, on", [("bf16", True), ("fp32", False)])
+def test_the_zero_gradient_check_sees_the_attacks_gradients(native_bf16, trained_vib, synthetic, monkeypatch, setting, on):
+    """The check vouches for the gradient attacks' rows, so it takes its gradients in their arithmetic."""
+    import dataclasses
+
+    from vibbench.evaluation import robustness
+    from vibbench.runs.config import PROFILES
+
+    native_bf16(True)
+    states = []
+    real = robustness.input_gradients
+    monkeypatch.setattr(robustness, "input_gradients", lambda *a: states.append(torch.is_autocast_enabled("cpu")) or real(*a))
+    settings = dataclasses.replace(PROFILES["smoke"].eval.attacks, precision=setting, attacks=("fgsm",))
+    robustness.evaluate_robustness(trained_vib, synthetic.test.images[:20], synthetic.test.labels[:20], settings)
+    assert states == [on, on]  # the mean and EOT paths
 
 
 def test_the_judge_turns_autocast_off_inside_the_model(trained_vib, synthetic, monkeypatch):

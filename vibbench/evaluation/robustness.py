@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from vibbench.core.errors import VibbenchError
+from vibbench.core.precision import attack_precision, autocast
 from vibbench.core.progress import log
 from vibbench.evaluation.attacks import autoattack
 from vibbench.evaluation.attacks.adversarial import adversarial_examples, attack_in_chunks, attack_request, perturbation_norm, search_precision
@@ -186,7 +187,9 @@ def evaluate_robustness(
         run = AttackRun(model, x, y, settings, seed, judge, clean=judge.correct(x))
         for path in paths_for(model):
             with timed(seconds, "robustness", attack="checks", path=path):
-                with seeded_noise(seed, x.device):  # the EOT path samples: its gradient is reproducible only when seeded
+                # the EOT path samples: its gradient is reproducible only when seeded; in the gradient attacks' own
+                # arithmetic (bf16 gradients can underflow to zero where fp32 ones do not)
+                with seeded_noise(seed, x.device), autocast(x.device, attack_precision(x.device, settings.precision)):
                     grads = input_gradients(model, x[:n_exp], y[:n_exp], path)
                 zero_grad[path] = float((grads.flatten(1).abs().amax(1) == 0).float().mean())
                 large |= large_eps_accuracy(run, path, n_exp)

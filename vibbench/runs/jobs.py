@@ -43,7 +43,7 @@ from vibbench.runs.provenance import code_version
 from vibbench.training.checkpoints import load_checkpoint
 from vibbench.training.loop import TrainingDiverged
 from vibbench.training.population import LAYOUT as POPULATION_LAYOUT, population_key, train_population
-from vibbench.core.precision import cpu_capability
+from vibbench.core.precision import attack_precision, check_native_precision, cpu_capability
 from vibbench.training.single import train_model
 
 Job = tuple[ModelSpec, int]
@@ -287,6 +287,16 @@ def _evaluate_locked(cfg, spec, seed, data, ood, cache_dir) -> list[dict]:
     return records
 
 
+def check_precisions(cfg: RunConfig, train: bool = True) -> None:
+    """Refuse, before any work, bf16 this machine only emulates: the training precision (when it trains) and the
+    attacks' (when it evaluates them). Called where the work runs: by the runner for its own machine, and by every
+    unit, also on another machine of the executor (Ray), whose CPU or GPU may differ from the head's."""
+    if train:
+        check_native_precision(cfg.device, cfg.train.precision)
+    if cfg.eval is not None and cfg.eval.attacks is not None:
+        attack_precision(cfg.device, cfg.eval.attacks.precision)
+
+
 def run_unit(cfg: RunConfig, members: list[Job], cache_dir: Path, data_dir: Path | None, trainer: str, data=None) -> list[tuple[dict, list[dict]]]:
     """One unit of a sweep: train `members` (one model, or one population) unless cached, then evaluate each.
 
@@ -295,6 +305,7 @@ def run_unit(cfg: RunConfig, members: list[Job], cache_dir: Path, data_dir: Path
     it writes goes to the job folders under `cache_dir`. Returns (result record, evaluation records)
     per member, in order. The run's plugins are imported first (already imported ones are skipped), so that a
     process of another executor knows their models."""
+    check_precisions(cfg)
     load_plugins(cfg.plugins)
     data, ood = data if data is not None else job_data(cfg, data_dir)
     records = train_jobs(cfg, members, data, cache_dir, trainer)

@@ -22,7 +22,7 @@ from vibbench.data.datasets import Dataset, load_dataset
 from vibbench.evaluation.settings import autoattack_label
 from vibbench.evaluation.subsets import evaluation_set_record
 from vibbench.reporting.metrics import summary_markdown, write_metrics
-from vibbench.core.precision import attack_precision, check_native_precision
+from vibbench.core.precision import attack_precision
 from vibbench.reporting.report import write_report
 from vibbench.runs.cache import cached_evaluation, cached_result, check_writable
 from vibbench.runs.config import RunConfig
@@ -31,6 +31,7 @@ from vibbench.runs.executors import Executor, LocalExecutor, RayExecutor
 from vibbench.runs.output_folder import check_output_folder, finish_output_folder
 from vibbench.runs.jobs import (
     Job,
+    check_precisions,
     deterministic,
     metric_rows,
     resolve_trainer,
@@ -74,10 +75,8 @@ def run(
     earlier = check_output_folder(out_dir, identity, overwrite)  # before anything is created
     check_writable(out_dir, "output folder")
     check_writable(cache_dir, "cache folder")
-    if train and not isinstance(executor, RayExecutor):  # the jobs train on this machine
-        check_native_precision(cfg.device, cfg.train.precision)
-    if cfg.eval is not None and cfg.eval.attacks is not None and not isinstance(executor, RayExecutor):
-        attack_precision(cfg.device, cfg.eval.attacks.precision)  # bf16 where it is emulated: refused before any work
+    if not isinstance(executor, RayExecutor):  # the jobs run on this machine (under Ray each unit checks its own)
+        check_precisions(cfg, train)
     with folder_lock(out_dir, "output folder", wait=False, tidy=True):
         # what killed runs left half-written: their temporary files (targets are replaced atomically)
         remove_stale_temps(out_dir, recursive=True)

@@ -60,16 +60,21 @@ def build(r: AttackRequest):
     it runs `parts` with the model's judge deciding."""
     import torch
 
+    from vibbench.core.precision import attack_precision, autocast
+    from vibbench.evaluation.attacks.adversarial import search_precision
+
     steps = parts(r)
 
     def attack(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         adv = images.clone()
-        for _, part in steps:
+        for name, part in steps:
             with torch.no_grad():
                 todo = (r.target(adv).argmax(-1) == labels).nonzero().flatten()
             if todo.numel() == 0:
                 break
-            adv[todo] = part(images[todo], labels[todo]).detach()
+            # each part in its own arithmetic, as the harness runs it: Square in fp32 even inside a bf16 ensemble
+            with autocast(images.device, attack_precision(images.device, search_precision(name, r.settings.precision))):
+                adv[todo] = part(images[todo], labels[todo]).detach()
         return adv
 
     return attack

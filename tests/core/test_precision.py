@@ -47,6 +47,27 @@ def test_a_run_in_bf16_is_refused_before_it_loads_or_trains_anything(cpu, tmp_pa
     assert not any((tmp_path / "cache").glob("jobs/*"))
 
 
+def test_a_unit_refuses_bf16_training_only_when_it_has_something_to_train(cpu, tmp_path, monkeypatch):
+    """A model trained in bf16 elsewhere (cached) is evaluated on a CPU without native bf16; one still to train is
+    refused there, before any work."""
+    from vibbench.runs import jobs
+    from vibbench.runs.config import make_run_config
+
+    cpu("AVX2", False)
+    cfg = make_run_config("smoke", dataset="synthetic", device="cpu", evaluate=False, train={"precision": "bf16"})
+    member = [(cfg.models[0], 0)]
+    done = []
+    monkeypatch.setattr(jobs, "train_jobs", lambda cfg, members, *a: done.append("trained") or {m: {} for m in members})
+    monkeypatch.setattr(jobs, "evaluate_job", lambda *a: done.append("evaluated") or [])
+    monkeypatch.setattr(jobs, "cached_result", lambda *a, **k: None)  # not trained yet
+    with pytest.raises(VibbenchError, match="bf16 refused"):
+        jobs.run_unit(cfg, member, tmp_path / "cache", None, "single")
+    assert done == []
+    monkeypatch.setattr(jobs, "cached_result", lambda *a, **k: {"job_hash": "cached"})  # trained (in bf16) elsewhere
+    jobs.run_unit(cfg, member, tmp_path / "cache", None, "single")
+    assert done == ["trained", "evaluated"]  # train_jobs finds it cached and trains nothing
+
+
 def test_provenance_records_the_cpu_capability():
     from vibbench.runs.provenance import provenance
 

@@ -188,7 +188,7 @@ def evaluate_robustness(
         for path in paths_for(model):
             with timed(seconds, "robustness", attack="checks", path=path):
                 # the EOT path samples: its gradient is reproducible only when seeded; in the gradient attacks' own
-                # arithmetic (bf16 gradients can underflow to zero where fp32 ones do not)
+                # arithmetic, since the check vouches for the gradients they follow (bf16 rounding can zero a gradient)
                 with seeded_noise(seed, x.device), autocast(x.device, attack_precision(x.device, settings.precision)):
                     grads = input_gradients(model, x[:n_exp], y[:n_exp], path)
                 zero_grad[path] = float((grads.flatten(1).abs().amax(1) == 0).float().mean())

@@ -150,7 +150,8 @@ SECTION_SETTINGS: dict[str, tuple[int, Callable[[EvalConfig], dict]]] = {
 examples; shift 2 = shot noise over a background level, 3 = motion blur by shifted multiply-adds, whose rounding
 no longer depends on the batch; robustness 2 = the judge, 3 = PGD stops on broken images and
 AutoAttack's Square part is the Square row's run, 4 = an EOT step's draws are shared by the images of a batch,
-5 = the masking flags compare rows of different lengths on the images they share;
+5 = the masking flags compare rows of different lengths on the images they share and the zero-gradient
+check takes its gradients in the gradient attacks' arithmetic;
 paper_protocol 2 = the C&W n counts images, not image-target pairs, 3 = its PGD stops on broken images, 4 = its
 EOT draws are shared as robustness 4's) and the evaluation settings it reads. A section's cache entry is named by
 these alone, so a change to one section's settings re-runs that section only."""

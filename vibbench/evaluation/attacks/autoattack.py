@@ -68,7 +68,7 @@ def build(r: AttackRequest):
     def attack(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         adv = images.clone()
         for name, part in steps:
-            with torch.no_grad():
+            with torch.no_grad(), autocast(images.device, "fp32"):  # which images are left: decided in fp32
                 todo = (r.target(adv).argmax(-1) == labels).nonzero().flatten()
             if todo.numel() == 0:
                 break

@@ -161,6 +161,24 @@ def test_summary_flags_use_the_shared_images():
     robust[("square", "direct", "linf", 0.1)] = t(20, 200, 0, 0)  # 10% against 32% on the same images: it fires
     records = summary_records(robust, {}, {}, {}, torch.ones(1000, dtype=torch.bool), torch.arange(1000), 200)
     assert [r["attack"] for r in records if r["metric"] == "flag_blackbox_stronger" and r["attack"] != "checks"] == ["pgd"]
+    shared = [(r["attack"], r["n"], round(r["value"], 6)) for r in records if r["metric"] == "robust_accuracy_shared"]
+    assert shared == [("pgd", 200, 0.32)]  # what the check held against Square, recorded for the reader
+
+
+def test_the_report_shows_what_a_flag_compared():
+    import pandas as pd
+
+    from vibbench.reporting.report import _shared_note
+
+    shared = pd.DataFrame(
+        [
+            {"label": "m", "path": "eot", "norm": "linf", "eps": 0.1, "attack": "pgd", "n": 200, "seed": 0, "value": 0.19},
+            {"label": "m", "path": "eot", "norm": "linf", "eps": 0.1, "attack": "fgsm", "n": 200, "seed": 0, "value": 0.405},
+            {"label": "m", "path": "mean", "norm": "linf", "eps": 0.1, "attack": "pgd", "n": 200, "seed": 0, "value": 0.5},
+        ]
+    )
+    assert _shared_note(shared, "m", "eot", "linf", 0.1) == " (on the first 200 images, which the shorter rows hold: pgd 19.0%, fgsm 40.5%)"
+    assert _shared_note(shared, "m", "eot", "linf", 0.3) == ""  # none recorded (runs before the records existed): nothing
 
 
 def test_large_eps_expects_near_zero_not_chance():

@@ -220,7 +220,7 @@ def summary_records(
     stochastic: bool = False,
 ) -> list[dict]:
     """Records of robust accuracy per attack, path and budget (expected over draws, under all draws, the judge's
-    disagreement), the minimal attacks' distances, the worst case and its per-image radius, the large-eps
+    disagreement, and on the first n images of each shorter row: robust_accuracy_shared), the minimal attacks' distances, the worst case and its per-image radius, the large-eps
     accuracies, the zero-gradient fractions, the clean accuracy of every image set measured, and the masking flags."""
     robust = {k: v if v.dim() == 2 else v[None] for k, v in robust.items()}
     clean = clean if clean.dim() == 2 else clean[None]
@@ -262,6 +262,8 @@ def summary_records(
         acc, sizes, large, zero_grad, disagreement, white_box={a: s.white_box for a, s in ATTACKS.items()}, stochastic=stochastic,
         large_n=n_exp, prefix=prefix,
     )
+    for key, shorter in prefix.items():  # what the checks held against the shorter rows, so a reader can check them
+        records += [_record(*key, m, "robust_accuracy_shared", value) for m, value in sorted(shorter.items())]
     for flag in FLAGS:
         records.append(_record("checks", "all", "", float("nan"), n_all, f"flag_{flag}", float(bool(flags[flag]))))
         records += [_record(*key, sizes[key], f"flag_{flag}", 1.0) for key in flags[flag]]

@@ -142,7 +142,7 @@ SECTION_SETTINGS: dict[str, tuple[int, Callable[[EvalConfig], dict]]] = {
     "calibration": (2, lambda c: {"calibration_bins": c.calibration_bins}),
     "ood": (1, lambda c: {"ood": c.ood}),
     "shift": (3, lambda c: {k: getattr(c, k) for k in ("corruptions", "severities", "shift_subset", "subset_seed", "calibration_bins")}),
-    "robustness": (5, lambda c: {"attacks": c.attacks.to_dict() if c.attacks else None, "subset_seed": c.subset_seed}),
+    "robustness": (6, lambda c: {"attacks": c.attacks.to_dict() if c.attacks else None, "subset_seed": c.subset_seed}),
     "paper_protocol": (4, lambda c: {"paper_protocol": _paper(c), "attacks": c.attacks.to_dict() if c.attacks else None}),
     "embedding": (1, lambda c: {"embedding_images": c.paper_protocol.embedding_images if c.paper_protocol else None}),
 }
@@ -151,7 +151,8 @@ examples; shift 2 = shot noise over a background level, 3 = motion blur by shift
 no longer depends on the batch; robustness 2 = the judge, 3 = PGD stops on broken images and
 AutoAttack's Square part is the Square row's run, 4 = an EOT step's draws are shared by the images of a batch,
 5 = the masking flags compare rows of different lengths on the images they share and the zero-gradient
-check takes its gradients in the gradient attacks' arithmetic;
+check takes its gradients in the gradient attacks' arithmetic, 6 = each longer row's accuracy on the shorter rows'
+images is recorded (robust_accuracy_shared);
 paper_protocol 2 = the C&W n counts images, not image-target pairs, 3 = its PGD stops on broken images, 4 = its
 EOT draws are shared as robustness 4's) and the evaluation settings it reads. A section's cache entry is named by
 these alone, so a change to one section's settings re-runs that section only."""

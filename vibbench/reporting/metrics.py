@@ -29,7 +29,9 @@ COLUMNS = ID_COLUMNS + CONDITION_COLUMNS + ("metric", "value")
 - training:    split train, eval_mode training; metric loss, ce, kl (nats), seconds, examples_per_second
 - robustness:  split test, eval_mode predictor, attack (fgsm, pgd, ..., worst_case, clean, checks, gradient),
                path (direct|mean|eot|all), norm (linf|l2), eps, n; metric robust_accuracy (expected over the judge's
-               draws), robust_accuracy_all_draws, judge_disagreement, large_eps_accuracy, median_adv_distance (inf: most
+               draws), robust_accuracy_all_draws, judge_disagreement, robust_accuracy_shared (a row's expected robust accuracy
+               on the first n images only: those it shares with a shorter row, as the masking checks compare them),
+               large_eps_accuracy, median_adv_distance (inf: most
                images not broken), attack_success_rate, zero_grad_fraction; worst_case_radius per image (bin = its
                test-set index; value = the largest budget at which it is robust, 0 if none); flag_<check> (0/1) with
                attack checks per model, and with value 1 on each row a check doubts (evaluation/masking.py FLAGS)
@@ -78,7 +80,7 @@ def write_metrics(rows: list[dict], path: Path) -> pd.DataFrame:
 
 
 FRACTION_METRICS = (
-    "accuracy", "error", "robust_accuracy", "robust_accuracy_all_draws", "judge_disagreement", "large_eps_accuracy",
+    "accuracy", "error", "robust_accuracy", "robust_accuracy_all_draws", "judge_disagreement", "robust_accuracy_shared", "large_eps_accuracy",
     "attack_success_rate", "zero_grad_fraction", "ece", "mce", "adaptive_ece", "auroc", "aupr", "fpr95", "roc_fpr",
     "roc_tpr", "reliability_accuracy", "reliability_confidence", "reliability_lower", "reliability_upper",
     "adversarial_accuracy", "adversarial_accuracy_all_draws", "targeted_success_rate", "targeted_success_rate_any_draw",

@@ -402,6 +402,7 @@ def _per_attack_tables(rob: pd.DataFrame, ra: pd.DataFrame, labels: list[str]) -
     of the successful minimal attacks where measured)."""
     dist = rob[rob.metric.isin(["median_adv_distance", "attack_success_rate"])]
     doubt = rob[rob.metric.str.startswith("flag_") & (rob.attack != "checks") & (rob.value >= 0.5)]
+    shared = rob[rob.metric == "robust_accuracy_shared"]
     lines = []
     for norm, title in NORM_TITLES.items():
         single = ra[(ra.norm == norm) & (ra.attack != "worst_case")]
@@ -423,10 +424,21 @@ def _per_attack_tables(rob: pd.DataFrame, ra: pd.DataFrame, labels: list[str]) -
         lines += markdown_table(header, rows)
         marked = doubt[doubt.norm == norm]
         if not marked.empty:
-            notes = [f"`{lab}` {attack} ({path}) at ε {_eps(eps)}: {', '.join(sorted({m[len('flag_'):] for m in g.metric}))}"
+            notes = [f"`{lab}` {attack} ({path}) at {_eps(eps)}: {', '.join(sorted({m[len('flag_'):] for m in g.metric}))}"
+                     + _shared_note(shared, lab, path, norm, eps)
                      for (lab, attack, path, eps), g in marked.groupby(["label", "attack", "path", "eps"], sort=False)]  # fmt: skip
             lines += ["", "† " + "; ".join(notes) + "."]
     return lines
+
+
+def _shared_note(shared: pd.DataFrame, label: str, path: str, norm: str, eps: float) -> str:
+    """What the masking checks compared for a flagged row: the longer rows of its model, path and budget on the first
+    n images only, the ones they share with the shorter rows (the expensive attacks'); "" where none was recorded."""
+    rows = shared[(shared.label == label) & (shared.path == path) & (shared.norm == norm) & np.isclose(shared.eps.astype(float), eps)]
+    if rows.empty:
+        return ""
+    parts = [f"{attack} {_pct(g, digits=1)}" for attack, g in rows.groupby("attack", sort=False)]
+    return f" (on the first {int(rows.n.iloc[0])} images, which the shorter rows hold: {', '.join(parts)})"
 
 
 def _per_attack_row(

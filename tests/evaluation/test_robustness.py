@@ -177,7 +177,7 @@ def test_the_report_shows_what_a_flag_compared():
             {"label": "m", "path": "mean", "norm": "linf", "eps": 0.1, "attack": "pgd", "n": 200, "seed": 0, "value": 0.5},
         ]
     )
-    assert _shared_note(shared, "m", "eot", "linf", 0.1) == " (on the first 200 images, which the shorter rows hold: pgd 19.0%, fgsm 40.5%)"
+    assert _shared_note(shared, "m", "eot", "linf", 0.1) == " (compared on the first 200 images: there pgd 19.0%, fgsm 40.5%)"
     assert _shared_note(shared, "m", "eot", "linf", 0.3) == ""  # none recorded (runs before the records existed): nothing
 
 

@@ -31,6 +31,10 @@ FLAGS: dict[str, str] = {
 """Each check's name and what it means, as the report explains it (rows of different lengths: see the module
 docstring; the texts stay as they were, so the reports of earlier runs read as `vibbench report` writes them)."""
 
+ACROSS_ROWS = ("blackbox_stronger", "blackbox_weaker", "cw_weaker")
+"""The checks that hold one attack's row against another attack's, which may hold fewer images (the expensive attacks
+run on the first `expensive_subset`): they compare on the images both hold."""
+
 LARGE_EPS_LIMIT = 0.02
 BLACKBOX_MARGIN = 0.05
 WEAKER_MARGIN = 0.10

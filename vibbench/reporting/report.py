@@ -24,7 +24,7 @@ import pandas as pd
 
 from vibbench.core.atomic import atomic_write_text
 from vibbench.core.manifest import read_manifest, record_rewritten
-from vibbench.evaluation.masking import FLAGS
+from vibbench.evaluation.masking import ACROSS_ROWS, FLAGS
 from vibbench.reporting.figures import ATTACK_NAMES, FIGURES, MODE_NAMES, NORM_TITLES, PAPER_PROTOCOL_METRICS, SCORE_NAMES, save_figure
 from vibbench.reporting.paper_section import embedding_section, paper_protocol_section
 from vibbench.reporting.markdown import markdown_table
@@ -425,7 +425,7 @@ def _per_attack_tables(rob: pd.DataFrame, ra: pd.DataFrame, labels: list[str]) -
         marked = doubt[doubt.norm == norm]
         if not marked.empty:
             notes = [f"`{lab}` {attack} ({path}) at {_eps(eps)}: {', '.join(sorted({m[len('flag_'):] for m in g.metric}))}"
-                     + _shared_note(shared, lab, path, norm, eps)
+                     + (_shared_note(shared, lab, path, norm, eps) if set(g.metric) & {f"flag_{f}" for f in ACROSS_ROWS} else "")
                      for (lab, attack, path, eps), g in marked.groupby(["label", "attack", "path", "eps"], sort=False)]  # fmt: skip
             lines += ["", "† " + "; ".join(notes) + "."]
     return lines
@@ -438,7 +438,7 @@ def _shared_note(shared: pd.DataFrame, label: str, path: str, norm: str, eps: fl
     if rows.empty:
         return ""
     parts = [f"{attack} {_pct(g, digits=1)}" for attack, g in rows.groupby("attack", sort=False)]
-    return f" (on the first {int(rows.n.iloc[0])} images, which the shorter rows hold: {', '.join(parts)})"
+    return f" (compared on the first {int(rows.n.iloc[0])} images: there {', '.join(parts)})"
 
 
 def _per_attack_row(

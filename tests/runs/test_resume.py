@@ -148,19 +148,22 @@ def test_sigkill_at_random_moments(tmp_path, reference, run_seconds, seed):
     goes faster than the reference, which shared the CPU with a second process); resumed runs skip what is done,
     so the later kills reach evaluation and writing."""
     rng = random.Random(seed)
-    out, cache = tmp_path / "out", tmp_path / "cache"
-    landed, left = [], 0.6 * run_seconds
-    for _ in range(3):
-        run = Run(out, cache)
-        run.wait_for("run smoke-")  # the lock is held: the run has started
-        delay = rng.uniform(0.0, left)
-        left -= delay
-        time.sleep(delay)
-        if not run.kill():
-            print(f"a kill after {delay:.1f} s came after the run had finished")
-            break  # nothing is left to interrupt
-        landed.append((round(delay, 1), on_disk(out, cache)))
-    print(f"kills within {run_seconds:.1f} s:", landed)
+    for attempt in range(4):  # a run alone may beat a crowded reference by more than 0.6: then a shorter span, anew
+        out, cache = tmp_path / f"out{attempt}", tmp_path / f"cache{attempt}"
+        landed, left = [], 0.6 * run_seconds / 2**attempt
+        for _ in range(3):
+            run = Run(out, cache)
+            run.wait_for("run smoke-")  # the lock is held: the run has started
+            delay = rng.uniform(0.0, left)
+            left -= delay
+            time.sleep(delay)
+            if not run.kill():
+                print(f"a kill after {delay:.1f} s came after the run had finished")
+                break  # nothing is left to interrupt
+            landed.append((round(delay, 1), on_disk(out, cache)))
+        print(f"kills within {run_seconds:.1f} s:", landed)
+        if landed:
+            break
     assert landed
     complete(out, cache)
     no_partial_files(out, cache)

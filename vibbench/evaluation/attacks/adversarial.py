@@ -6,6 +6,7 @@ import torch
 
 from vibbench.core.precision import attack_precision, autocast
 from vibbench.core.errors import VibbenchError, unknown_name_message
+from vibbench.evaluation.attacks import autoattack
 from vibbench.evaluation.attacks.early_stop import Done
 from vibbench.evaluation.attacks.registry import ATTACKS
 from vibbench.evaluation.attacks.target import AttackRequest, AttackTarget
@@ -36,7 +37,11 @@ def adversarial_examples(
     if images.shape[0] == 0:
         raise VibbenchError("the evaluation subset is empty: nothing to attack (check --attack-subset / max_eval_examples)")
     check_eps(spec.norm, eps)
-    attack = spec.build(attack_request(model, path, eps, s, seed, random_start=random_start, cw_c=cw_c))
+    request = attack_request(model, path, eps, s, seed, random_start=random_start, cw_c=cw_c)
+    if name == "autoattack":  # each part in its own arithmetic, as the harness runs them: Square in fp32
+        attack = autoattack.build(request, part_precision=lambda part: search_precision(part, s.precision))
+    else:
+        attack = spec.build(request)
     return attack_in_chunks(attack, images, labels, s.batch_size, seed, done=done, precision=search_precision(name, s.precision))
 
 

@@ -54,14 +54,14 @@ def parts(r: AttackRequest) -> list[tuple[str, Callable]]:
     return [(name, build[name]()) for name in version(target.path)]
 
 
-def build(r: AttackRequest):
+def build(r: AttackRequest, part_precision: Callable[[str], str] | None = None):
     """The ensemble as one attack for a caller without a judge: each part runs on the images the attacked function
     still classifies correctly, and an image found adversarial by a part is kept. The harness does not use this:
-    it runs `parts` with the model's judge deciding."""
+    it runs `parts` with the model's judge deciding. `part_precision`: each part's attack precision setting by its
+    name (adversarial_examples passes its rule: Square in fp32); without it the parts run in the caller's arithmetic."""
     import torch
 
     from vibbench.core.precision import attack_precision, autocast
-    from vibbench.evaluation.attacks.adversarial import search_precision
 
     steps = parts(r)
 
@@ -72,8 +72,10 @@ def build(r: AttackRequest):
                 todo = (r.target(adv).argmax(-1) == labels).nonzero().flatten()
             if todo.numel() == 0:
                 break
-            # each part in its own arithmetic, as the harness runs it: Square in fp32 even inside a bf16 ensemble
-            with autocast(images.device, attack_precision(images.device, search_precision(name, r.settings.precision))):
+            if part_precision is None:
+                adv[todo] = part(images[todo], labels[todo]).detach()
+                continue
+            with autocast(images.device, attack_precision(images.device, part_precision(name))):
                 adv[todo] = part(images[todo], labels[todo]).detach()
         return adv
 

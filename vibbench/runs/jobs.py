@@ -306,8 +306,10 @@ def run_unit(cfg: RunConfig, members: list[Job], cache_dir: Path, data_dir: Path
     per member, in order. The run's plugins are imported first (already imported ones are skipped), so that a
     process of another executor knows their models."""
     load_plugins(cfg.plugins)
-    # bf16 this machine only emulates, refused before any work: the training precision only if something is left to train
-    check_precisions(cfg, train=any(cached_result(cfg, spec, seed, cache_dir) is None for spec, seed in members))
+    # bf16 this machine only emulates, refused before any work: the training precision only if something is left to
+    # train (looked up only for bf16, the one precision that can be refused: fp32 units read their cache once, below)
+    left_to_train = cfg.train.precision != "fp32" and any(cached_result(cfg, spec, seed, cache_dir) is None for spec, seed in members)
+    check_precisions(cfg, train=left_to_train)
     data, ood = data if data is not None else job_data(cfg, data_dir)
     records = train_jobs(cfg, members, data, cache_dir, trainer)
     return [(records[job], evaluate_job(cfg, *job, data, ood, cache_dir)) for job in members]

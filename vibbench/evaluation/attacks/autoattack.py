@@ -59,6 +59,8 @@ def build(r: AttackRequest, part_precision: Callable[[str], str] | None = None):
     still classifies correctly, and an image found adversarial by a part is kept. The harness does not use this:
     it runs `parts` with the model's judge deciding. `part_precision`: each part's attack precision setting by its
     name (adversarial_examples passes its rule: Square in fp32); without it the parts run in the caller's arithmetic."""
+    import contextlib
+
     import torch
 
     from vibbench.core.precision import attack_precision, autocast
@@ -72,10 +74,8 @@ def build(r: AttackRequest, part_precision: Callable[[str], str] | None = None):
                 todo = (r.target(adv).argmax(-1) == labels).nonzero().flatten()
             if todo.numel() == 0:
                 break
-            if part_precision is None:
-                adv[todo] = part(images[todo], labels[todo]).detach()
-                continue
-            with autocast(images.device, attack_precision(images.device, part_precision(name))):
+            own = part_precision is not None  # else the part runs in whatever arithmetic the caller set
+            with autocast(images.device, attack_precision(images.device, part_precision(name))) if own else contextlib.nullcontext():
                 adv[todo] = part(images[todo], labels[todo]).detach()
         return adv
 
